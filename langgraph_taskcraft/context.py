@@ -1,0 +1,195 @@
+"""Run configuration: the context schema that Studio renders as a form.
+
+Every field has a description (Studio shows it) and falls back to an environment variable
+``TASKCRAFT_<FIELD_NAME>`` when it is left at its default, as in langchain-ai/react-agent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "TASKCRAFT_"
+
+_MODEL_HELP = (
+    " Either `provider:model` (any provider LangChain's `init_chat_model` knows, e.g. "
+    "`openai:gpt-4.1-mini`, `anthropic:claude-sonnet-4-5`, `ollama:qwen3`) or "
+    "`package.module:attribute` naming a BaseChatModel instance or a factory returning one."
+)
+
+Role = Literal["generator", "agent", "judge"]
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Configuration of a TaskCraft run (models, search, limits and acceptance rules)."""
+
+    generator_model: Annotated[str, {"__template_metadata__": {"kind": "llm"}}] = field(
+        default="openai:gpt-4.1-mini",
+        metadata={
+            "description": "Model that extracts conclusions and writes questions." + _MODEL_HELP
+        },
+    )
+    agent_model: Annotated[str, {"__template_metadata__": {"kind": "llm"}}] = field(
+        default="openai:gpt-4.1-mini",
+        metadata={
+            "description": "Model that answers questions, alone and as the tool-using verifier "
+            "agent." + _MODEL_HELP
+        },
+    )
+    judge_model: Annotated[str, {"__template_metadata__": {"kind": "llm"}}] = field(
+        default="openai:gpt-4.1-mini",
+        metadata={
+            "description": "Model that judges answers against the golden answer and checks "
+            "extensions." + _MODEL_HELP
+        },
+    )
+    base_url: str = field(
+        default="",
+        metadata={
+            "description": "OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, a proxy) used "
+            "for every `openai:` model, e.g. `http://localhost:8000/v1`. Empty: the provider's "
+            "own endpoint."
+        },
+    )
+    temperature: float = field(
+        default=0.2,
+        metadata={"description": "Sampling temperature for all roles."},
+    )
+    structured_output_method: Literal["function_calling", "json_schema", "json_mode"] = field(
+        default="function_calling",
+        metadata={
+            "description": "How structured replies are requested. `function_calling` works with "
+            "most providers and local servers; `json_schema` uses constrained decoding where "
+            "the server supports it."
+        },
+    )
+    max_retries: int = field(
+        default=4,
+        metadata={
+            "description": "Retries with exponential backoff for provider errors (429, 5xx, "
+            "timeouts, dropped connections) before the item fails."
+        },
+    )
+    request_timeout: float = field(
+        default=120.0,
+        metadata={"description": "Seconds before one LLM request times out."},
+    )
+    requests_per_minute: float = field(
+        default=0.0,
+        metadata={
+            "description": "Requests per minute allowed across all roles (shared rate limiter); "
+            "0 means unlimited."
+        },
+    )
+    structured_output_retries: int = field(
+        default=2,
+        metadata={
+            "description": "Extra attempts when a structured reply does not parse; after them "
+            "the item is rejected with reason `llm_output_invalid`."
+        },
+    )
+    search_backend: Literal["local", "tavily"] = field(
+        default="local",
+        metadata={
+            "description": "`local`: BM25 over `corpus_path` (or over the run's own documents "
+            "when it is empty). `tavily`: web search (needs TAVILY_API_KEY)."
+        },
+    )
+    corpus_path: str = field(
+        default="",
+        metadata={
+            "description": "Folder of documents or JSONL of {id, title, text} that the local "
+            "search tool indexes. Empty: the run's own input documents."
+        },
+    )
+    search_results: int = field(
+        default=5,
+        metadata={"description": "Results returned by one search call."},
+    )
+    page_chars: int = field(
+        default=4000,
+        metadata={"description": "Characters returned by one page of `open_page`/`read_pdf`."},
+    )
+    chunk_chars: int = field(
+        default=4000,
+        metadata={"description": "Characters per document chunk sent to the generator."},
+    )
+    max_chunks_per_document: int = field(
+        default=4,
+        metadata={"description": "Chunks of one document used for candidate extraction."},
+    )
+    max_candidates_per_document: int = field(
+        default=5,
+        metadata={"description": "Atomic candidates kept per document before verification."},
+    )
+    pdf_max_pages: int = field(
+        default=50,
+        metadata={"description": "Pages read from one PDF."},
+    )
+    image_max_side: int = field(
+        default=1024,
+        metadata={
+            "description": "Images are downscaled so that their longer side is at most this many "
+            "pixels before being sent to a multimodal model."
+        },
+    )
+    judge_samples: int = field(
+        default=1,
+        metadata={
+            "description": "Judge verdicts sampled per answer; the score is the share of "
+            "verdicts that find the answer correct."
+        },
+    )
+    agent_max_steps: int = field(
+        default=8,
+        metadata={"description": "Model calls the verifier agent may make for one question."},
+    )
+    llm_only_max_score: float = field(
+        default=0.5,
+        metadata={
+            "description": "A task is rejected when the model WITHOUT tools scores at least this "
+            "(it does not need tools)."
+        },
+    )
+    agent_min_score: float = field(
+        default=0.5,
+        metadata={
+            "description": "A task is accepted only when the tool-using agent scores at least "
+            "this (it is solvable)."
+        },
+    )
+    data_dir: str = field(
+        default=".taskcraft",
+        metadata={"description": "Folder for SQLite state, caches and search indexes."},
+    )
+
+    def __post_init__(self) -> None:
+        """Take `TASKCRAFT_<NAME>` from the environment for fields left at their default."""
+        hints = get_type_hints(type(self), include_extras=True)
+        for f in fields(self):
+            if not f.init or getattr(self, f.name) != f.default:
+                continue
+            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                setattr(self, f.name, _coerce(raw, hints[f.name], f.name))
+
+    def model_spec(self, role: Role) -> str:
+        """Return the model spec configured for a role."""
+        return str(getattr(self, f"{role}_model"))
+
+
+def _coerce(raw: str, annotation: Any, name: str) -> Any:
+    """Turn an environment string into the field's type."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if annotation is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if annotation is int:
+        return int(raw)
+    if annotation is float:
+        return float(raw)
+    if get_origin(annotation) is Literal and raw not in get_args(annotation):
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected one of {get_args(annotation)}")
+    return raw

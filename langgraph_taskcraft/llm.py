@@ -1,0 +1,181 @@
+"""Chat models per role, structured output with bounded re-asks, and token accounting.
+
+Nothing here builds a client at import time: models are built on first use, from the context,
+and cached per spec so that one run shares connection pools and the rate limiter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.rate_limiters import InMemoryRateLimiter
+from pydantic import BaseModel
+
+from langgraph_taskcraft.context import Context, Role
+from langgraph_taskcraft.records import TokenUsage, Usage
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+class LLMOutputInvalid(Exception):
+    """A structured reply still did not parse after the allowed re-asks."""
+
+    reason = "llm_output_invalid"
+
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(f"{stage}: the model's reply did not match the schema: {detail}")
+        self.stage = stage
+        self.detail = detail
+
+
+def _builtin_providers() -> set[str]:
+    from langchain.chat_models.base import _BUILTIN_PROVIDERS
+
+    return set(_BUILTIN_PROVIDERS)
+
+
+def is_provider_spec(spec: str) -> bool:
+    """`openai:gpt-4.1` is a provider spec; `my_pkg.models:chat` names a Python object."""
+    provider, sep, _ = spec.partition(":")
+    return bool(sep) and provider in _builtin_providers()
+
+
+def load_object_model(spec: str) -> BaseChatModel:
+    """Resolve `package.module:attribute` to a chat model (an instance, or a factory's result)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not attribute:
+        raise ValueError(f"model {spec!r}: expected `provider:model` or `module:attribute`")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"model {spec!r}: {module_name!r} is neither a LangChain provider nor an importable "
+            f"module ({exc})"
+        ) from exc
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    if not isinstance(target, BaseChatModel) and callable(target):
+        target = target()
+    if not isinstance(target, BaseChatModel):
+        raise TypeError(f"model {spec!r} is a {type(target).__name__}, not a BaseChatModel")
+    return target
+
+
+@lru_cache(maxsize=16)
+def _rate_limiter(requests_per_minute: float) -> InMemoryRateLimiter:
+    return InMemoryRateLimiter(
+        requests_per_second=requests_per_minute / 60.0,
+        check_every_n_seconds=0.05,
+        max_bucket_size=max(1.0, requests_per_minute / 60.0),
+    )
+
+
+@lru_cache(maxsize=32)
+def _provider_model(
+    spec: str,
+    base_url: str,
+    temperature: float,
+    max_retries: int,
+    timeout: float,
+    requests_per_minute: float,
+) -> BaseChatModel:
+    from langchain.chat_models import init_chat_model
+
+    kwargs: dict[str, Any] = {
+        "temperature": temperature,
+        "max_retries": max_retries,
+        "timeout": timeout,
+    }
+    provider = spec.partition(":")[0]
+    if base_url and provider == "openai":
+        kwargs["base_url"] = base_url
+    if requests_per_minute > 0:
+        kwargs["rate_limiter"] = _rate_limiter(requests_per_minute)
+    return init_chat_model(spec, **kwargs)
+
+
+def chat_model(context: Context, role: Role) -> BaseChatModel:
+    """The chat model configured for a role (built lazily, cached per configuration)."""
+    spec = context.model_spec(role)
+    if not is_provider_spec(spec):
+        return load_object_model(spec)
+    return _provider_model(
+        spec,
+        context.base_url,
+        float(context.temperature),
+        int(context.max_retries),
+        float(context.request_timeout),
+        float(context.requests_per_minute),
+    )
+
+
+def record_usage(usage: Usage, key: str, message: BaseMessage | None) -> None:
+    """Count one call (and its tokens, when the provider reports them) under `key`."""
+    entry = usage.setdefault(key, TokenUsage())
+    entry.calls += 1
+    metadata = getattr(message, "usage_metadata", None) or {}
+    entry.input_tokens += int(metadata.get("input_tokens", 0) or 0)
+    entry.output_tokens += int(metadata.get("output_tokens", 0) or 0)
+
+
+async def ainvoke_text(
+    model: BaseChatModel,
+    messages: Sequence[BaseMessage],
+    *,
+    usage: Usage,
+    key: str,
+) -> str:
+    """Plain text reply of a model; usage recorded under `key`."""
+    reply = await model.ainvoke(list(messages))
+    record_usage(usage, key, reply)
+    return message_text(reply)
+
+
+async def ainvoke_structured(
+    model: BaseChatModel,
+    schema: type[SchemaT],
+    messages: Sequence[BaseMessage],
+    *,
+    context: Context,
+    usage: Usage,
+    key: str,
+) -> SchemaT:
+    """Ask for a reply matching `schema`, re-asking a bounded number of times.
+
+    Raises:
+        LLMOutputInvalid: when no attempt produced a reply that validates.
+    """
+    options: dict[str, Any] = {"include_raw": True}
+    # BaseChatModel's generic implementation (tool calling) accepts no `method`; providers do.
+    if type(model).with_structured_output is not BaseChatModel.with_structured_output:
+        options["method"] = context.structured_output_method
+    structured = model.with_structured_output(schema, **options)
+    prompt = list(messages)
+    problem = "no reply"
+    for _ in range(1 + max(0, int(context.structured_output_retries))):
+        result: dict[str, Any] = await structured.ainvoke(prompt)  # type: ignore[assignment]
+        record_usage(usage, key, result.get("raw"))
+        parsed = result.get("parsed")
+        if isinstance(parsed, schema) and result.get("parsing_error") is None:
+            return parsed
+        problem = str(result.get("parsing_error") or "the reply contained no structured output")
+        # Re-ask with the error spelled out; the raw reply is not echoed back because a dangling
+        # tool call without its result is invalid input for most providers.
+        prompt = [
+            *messages,
+            HumanMessage(
+                f"Your previous reply could not be used ({problem[:500]}). Reply again, calling "
+                f"`{schema.__name__}` with arguments that match its schema exactly."
+            ),
+        ]
+    raise LLMOutputInvalid(key, problem)
+
+
+def message_text(message: BaseMessage | AIMessage) -> str:
+    """Text content of a message, whatever the provider's content format."""
+    return message.text.strip()

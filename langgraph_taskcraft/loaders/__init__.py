@@ -1,0 +1,1 @@
+"""langgraph_taskcraft/loaders."""
