@@ -160,6 +160,48 @@ class Context:
             "this (it is solvable)."
         },
     )
+    target_hops: int = field(
+        default=1,
+        metadata={
+            "description": "Depth target: hops of the final task (1 = atomic only). Each depth "
+            "hop adds one search step before the atomic fact."
+        },
+    )
+    target_width: int = field(
+        default=1,
+        metadata={
+            "description": "Width target: verified tasks merged into one question (1 = none)."
+        },
+    )
+    extension_strategy: Literal["depth", "width", "both"] = field(
+        default="depth",
+        metadata={
+            "description": "Which extensions run after atomic verification: `depth` hops, "
+            "`width` merges, or `both` (depth first, then width over the deepened tasks)."
+        },
+    )
+    max_hop_attempts: int = field(
+        default=3,
+        metadata={
+            "description": "Attempts (superset searches) allowed for each depth hop before the "
+            "task leaves the loop at the depth it reached."
+        },
+    )
+    max_width_attempts: int = field(
+        default=3,
+        metadata={"description": "Attempts allowed for each width merge."},
+    )
+    verify_final_task: bool = field(
+        default=False,
+        metadata={
+            "description": "Also run the final extended question through the verifier agent and "
+            "record its whole trajectory (off by default, as in the paper)."
+        },
+    )
+    max_concurrency: int = field(
+        default=8,
+        metadata={"description": "Candidates verified (and extended) at the same time."},
+    )
     data_dir: str = field(
         default=".taskcraft",
         metadata={"description": "Folder for SQLite state, caches and search indexes."},
@@ -173,15 +215,15 @@ class Context:
                 continue
             raw = os.environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                setattr(self, f.name, _coerce(raw, hints[f.name], f.name))
+                setattr(self, f.name, parse_field_value(raw, hints[f.name], f.name))
 
     def model_spec(self, role: Role) -> str:
         """Return the model spec configured for a role."""
         return str(getattr(self, f"{role}_model"))
 
 
-def _coerce(raw: str, annotation: Any, name: str) -> Any:
-    """Turn an environment string into the field's type."""
+def parse_field_value(raw: str, annotation: Any, name: str) -> Any:
+    """Turn a string (environment, command line) into the field's type."""
     while get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
     if annotation is bool:

@@ -120,6 +120,9 @@ class ChainStep(BaseModel):
     answer: str
     identifier: str = ""
     relation: str = ""
+    evidence: str = Field(
+        default="", description="Where the relation was found (URL or corpus document id)."
+    )
     trajectory: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -155,5 +158,17 @@ class Task(BaseModel):
     verification: Verification
     trajectory: list[dict[str, Any]] = Field(default_factory=list)
     chain: list[ChainStep] = Field(default_factory=list)
+    difficulty: int = Field(
+        default=1,
+        description="Sub-tasks needed to solve it: 1 for an atomic task, its hops for a depth "
+        "task, the sum of its members' difficulty for a width task.",
+    )
+    members: list[Task] = Field(
+        default_factory=list, description="The verified tasks a width task merges, in order."
+    )
+    final_verification: Verification | None = Field(
+        default=None,
+        description="The verifier's run on the final extended question (`verify_final_task`).",
+    )
     failed_attempts: list[Rejection] = Field(default_factory=list)
     usage: Usage = Field(default_factory=dict)

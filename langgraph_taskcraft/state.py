@@ -48,3 +48,27 @@ class TaskcraftState(InputState, OutputState):
 
     documents: list[DocumentRecord] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class CandidateBranch:
+    """Payload of one fan-out branch: a candidate on its way through verification."""
+
+    candidate: Candidate
+    documents: list[DocumentRecord] = field(default_factory=list)
+    """The run's documents, which the local search tool indexes when no corpus is configured."""
+
+
+@dataclass(kw_only=True)
+class TaskBranch:
+    """Payload of one extension branch: a verified task being made harder."""
+
+    task: Task
+    documents: list[DocumentRecord] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class WidthBranch:
+    """Payload of one width merge: the verified tasks to combine."""
+
+    members: list[Task]

@@ -1,0 +1,53 @@
+"""Difficulty control: where a verified task goes next (depth hop, width merge, or out).
+
+Every route is bounded by the context's targets and attempt limits, so no model reply can keep
+the graph looping.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langgraph.constants import END
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.records import Task
+from langgraph_taskcraft.state import TaskcraftState, WidthBranch
+
+
+def wants_depth(context: Context) -> bool:
+    """Whether the strategy extends tasks in depth."""
+    return context.extension_strategy in ("depth", "both") and context.target_hops > 1
+
+
+def wants_width(context: Context) -> bool:
+    """Whether the strategy merges tasks in width."""
+    return context.extension_strategy in ("width", "both") and context.target_width > 1
+
+
+def next_extension(task: Task, context: Context) -> Literal["depth_hop", "collect"]:
+    """Send a task to another depth hop while it is below the target, else out of the loop."""
+    if wants_depth(context) and task.hops < context.target_hops:
+        return "depth_hop"
+    return "collect"
+
+
+def width_groups(tasks: list[Task], context: Context) -> list[list[Task]]:
+    """Consecutive groups of `target_width` tasks (a short remainder is left unmerged)."""
+    size = max(2, context.target_width)
+    eligible = [task for task in tasks if task.kind != "width"]
+    return [eligible[i : i + size] for i in range(0, len(eligible) - size + 1, size)]
+
+
+def plan_width_merges(
+    state: TaskcraftState, runtime: Runtime[Context]
+) -> list[Send] | Literal["__end__"]:
+    """After all branches are collected: one width-merge branch per group, or the end."""
+    if not wants_width(runtime.context):
+        return END
+    groups = width_groups(state.tasks, runtime.context)
+    if not groups:
+        return END
+    return [Send("width_merge", WidthBranch(members=group)) for group in groups]
