@@ -6,6 +6,8 @@ the graph looping.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from itertools import zip_longest
 from typing import Literal
 
 from langgraph.constants import END
@@ -35,10 +37,20 @@ def next_extension(task: Task, context: Context) -> Literal["depth_hop", "collec
 
 
 def width_groups(tasks: list[Task], context: Context) -> list[list[Task]]:
-    """Consecutive groups of `target_width` tasks (a short remainder is left unmerged)."""
+    """Groups of `target_width` tasks, each task in at most one group.
+
+    Tasks are taken round-robin over their documents, so a group mixes documents whenever the
+    run has several, and in a stable order (by document, then task id) so that the grouping does
+    not depend on which branch finished first. A short remainder is left unmerged.
+    """
     size = max(2, context.target_width)
-    eligible = [task for task in tasks if task.kind != "width"]
-    return [eligible[i : i + size] for i in range(0, len(eligible) - size + 1, size)]
+    by_document: dict[str, list[Task]] = defaultdict(list)
+    for task in sorted(tasks, key=lambda t: (t.document_id, t.id)):
+        if task.kind != "width":
+            by_document[task.document_id].append(task)
+    queues = [by_document[key] for key in sorted(by_document)]
+    ordered = [task for round_ in zip_longest(*queues) for task in round_ if task is not None]
+    return [ordered[i : i + size] for i in range(0, len(ordered) - size + 1, size)]
 
 
 def plan_width_merges(

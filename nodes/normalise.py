@@ -44,7 +44,7 @@ _ABBREVIATIONS = frozenset({
 })  # fmt: skip
 
 # 1,234 / 1,234,567.89 (commas that group thousands correctly; `1,5` and `12,34` do not).
-_THOUSANDS = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+)(\.\d+)?(?![\w]|[.,]\d)")
+_THOUSANDS = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+)(\.\d+)?(?!\d|[.,]\d)")
 # 45 % / 45 percent / 45 per cent → 45%.
 _PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s+%|\s*\bper\s?cent\b)", re.I)
 

@@ -33,6 +33,7 @@ from langchain_core.messages import (
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
+from langgraph_taskcraft.prompts import load, render
 from pydantic import BaseModel, Field
 
 from langgraph_taskcraft.context import Context
@@ -44,7 +45,6 @@ from langgraph_taskcraft.llm import (
     message_text,
     record_usage,
 )
-from langgraph_taskcraft.prompts import load, render
 from langgraph_taskcraft.records import DocumentRecord, Usage, Verification, merge_usage
 
 LLM_ONLY_ANSWER_KEY = "agent:llm_only_answer"
@@ -60,7 +60,9 @@ _ResultT = TypeVar("_ResultT")
 class AnswerJudgement(BaseModel):
     """The judge's verdict on one answer."""
 
-    correct: bool = Field(description="True when the answer states the same fact as the golden one.")
+    correct: bool = Field(
+        description="True when the answer states the same fact as the golden one."
+    )
     reason: str = Field(description="One sentence explaining the verdict.")
 
 
@@ -181,10 +183,7 @@ async def run_agent(state: VerifierState, runtime: Runtime[Context]) -> dict[str
     max_steps = max(1, int(context.agent_max_steps))
     tools = _agent_tools_override.get()
     if tools is None:
-        from langgraph_taskcraft.tools import build_tools
-
-        # Building tools may read a corpus and index it: keep that off the event loop.
-        tools = await asyncio.to_thread(build_tools, context, state.documents)
+        tools = await _default_tools(context, state.documents)
     system_prompt = load("verifier_agent").strip()
     agent = create_agent(
         chat_model(context, "agent"),
@@ -193,13 +192,12 @@ async def run_agent(state: VerifierState, runtime: Runtime[Context]) -> dict[str
         middleware=[ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")],
         # One-shot run: never persist it into (or resume it from) a caller's checkpointer.
         checkpointer=False,
-        name="verifier_agent",
     )
     question = HumanMessage(state.question)
     result = await agent.ainvoke(
         {"messages": [question]},
         # Each model call takes a few supersteps (limit check, model, counter, tools).
-        config={"recursion_limit": 6 * max_steps + 10},
+        config={"recursion_limit": 6 * max_steps + 10, "run_name": "verifier_agent"},
     )
     messages: list[BaseMessage] = list(result["messages"])
     model_replies = [m for m in messages if isinstance(m, AIMessage)]
@@ -224,6 +222,16 @@ async def run_agent(state: VerifierState, runtime: Runtime[Context]) -> dict[str
         "trajectory": trajectory,
         "usage": usage,
     }
+
+
+async def _default_tools(
+    context: Context, documents: Sequence[DocumentRecord]
+) -> Sequence[BaseTool]:
+    """The configured tools (search, open_page, read_pdf, inspect_image) for this run."""
+    from langgraph_taskcraft.tools import build_tools
+
+    # Building tools may read a corpus and index it: keep that off the event loop.
+    return await asyncio.to_thread(build_tools, context, documents)
 
 
 async def judge_agent(state: VerifierState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -375,14 +383,16 @@ async def verify(
     if _isolated_graph is None:
         from langgraph_taskcraft.graphs.verifier import graph
 
-        # Called from a node of another graph, the verifier would otherwise write its
-        # checkpoints into the caller's thread (one namespace per node task): repeated calls
-        # from one node would then resume each other's state.
+        # Called from a node of a checkpointed graph, the verifier would otherwise inherit the
+        # caller's checkpointer and store every stage of every verification (trajectories
+        # included) in the caller's thread; a verification is short and never resumed.
         _isolated_graph = graph.copy(update={"checkpointer": False})
     tools_scope = override_agent_tools(tools) if tools is not None else contextlib.nullcontext()
     with tools_scope:
         result = await _isolated_graph.ainvoke(
-            VerifierInput(question=question, golden_answer=golden_answer, documents=list(documents)),
+            VerifierInput(
+                question=question, golden_answer=golden_answer, documents=list(documents)
+            ),
             config=config,
             context=context,
         )

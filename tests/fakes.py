@@ -66,8 +66,8 @@ class ScriptedChatModel(GenericFakeChatModel):
     """A fake chat model driven by pattern rules instead of a fixed message sequence."""
 
     messages: Any = iter(())
-    rules: list[Rule] = []
-    default: Reply | None = None
+    rules: list[Any] = []  # list[Rule]; untyped so pydantic does not coerce replies
+    default: Any = None  # a Reply used when no rule matches
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 

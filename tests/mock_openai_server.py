@@ -28,6 +28,7 @@ the prompts it matches).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -290,7 +291,13 @@ class MockOpenAIServer:
         httpd.mock = self
         self.port = int(httpd.server_address[1])
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="mock-openai", daemon=True)
+        # A short poll interval so that `stop()` returns at once.
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="mock-openai",
+            daemon=True,
+        )
         self._thread.start()
         return self.base_url
 
@@ -541,10 +548,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(200, b'{"id": "chatcmpl-malformed", "object": "chat.completion", "cho')
         elif fault is Fault.DROP_CONNECTION:
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _send_json(
         self, status: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None

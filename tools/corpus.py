@@ -159,7 +159,9 @@ class Corpus:
         return cls(documents, data_dir=data_dir, name="run documents", **options)
 
     @classmethod
-    def from_jsonl(cls, path: str | Path, *, data_dir: str | Path | None = None, **options: Any):
+    def from_jsonl(
+        cls, path: str | Path, *, data_dir: str | Path | None = None, **options: Any
+    ) -> Corpus:
         """A corpus read (on first use) from a JSONL file of `{"id", "title", "text"}` lines.
 
         A line without `id` gets a content hash; lines that are not JSON objects with a
@@ -255,10 +257,17 @@ class Corpus:
         return None if position is None else self.documents[position]
 
     def resolve(self, target: str) -> CorpusDocument | None:
-        """The document with this id, else the only document with exactly this title."""
+        """The document with this id, else this source (path or URL), else this unique title.
+
+        Models sometimes pass a title or a URL where the id is expected.
+        """
+        target = target.strip()
         found = self.get(target)
         if found is not None:
             return found
+        for document in self.documents:
+            if document.source and document.source == target:
+                return document
         wanted = _normalise_title(target)
         matches = [doc for doc in self.documents if _normalise_title(doc.title) == wanted]
         return matches[0] if len(matches) == 1 else None
@@ -290,6 +299,8 @@ class Corpus:
 
     def build_index(self) -> IndexOrigin:
         """Make the index ready (memory cache, then disk, then build); return where it came from."""
+        # Loading a folder may already build the index (its snapshot points at the saved copy).
+        self._ensure_documents()
         if self._index is not None:
             assert self.index_origin is not None
             return self.index_origin
@@ -445,7 +456,7 @@ class Corpus:
             ranked = _top_passages(scores, want=len(scores))
         hits: list[SearchHit] = []
         seen: set[int] = set()
-        terms = _query_terms(query)
+        terms = query_terms(query)
         for passage in ranked:
             position = int(index.passage_doc[passage])
             if position in seen:
@@ -513,7 +524,6 @@ class Corpus:
         except (OSError, ValueError, KeyError) as exc:
             logger.warning("ignoring an unreadable corpus snapshot %s: %s", manifest, exc)
             return None
-        self._content_hash = data["content_hash"]
         return documents, errors
 
     def _write_folder_snapshot(
@@ -523,9 +533,9 @@ class Corpus:
         loaded: tuple[list[CorpusDocument], list[DocumentError]],
     ) -> None:
         manifest = self._snapshot_manifest(cache_key)
-        if manifest is None:
-            return
         documents, errors = loaded
+        if manifest is None or not documents:
+            return
         self._set_documents(documents, errors)
         data = {
             "folder": cache_key[0],
@@ -568,7 +578,8 @@ _WORD = re.compile(r"(?u)\b\w\w+\b")
 _STOPWORDS = frozenset(STOPWORDS_EN)
 
 
-def _query_terms(query: str) -> list[str]:
+def query_terms(query: str) -> list[str]:
+    """The distinct non-stopword words of a query, longest first (for snippet selection)."""
     terms = {word for word in _WORD.findall(query.casefold()) if word not in _STOPWORDS}
     return sorted(terms, key=len, reverse=True)
 

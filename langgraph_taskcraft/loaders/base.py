@@ -73,6 +73,9 @@ class LoadSettings:
         )
 
 
+DEFAULT_SETTINGS = LoadSettings()
+
+
 def clean_text(text: str) -> str:
     """Normalize extracted text: NFC, no NULs or stray control characters, tidy blank lines."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))

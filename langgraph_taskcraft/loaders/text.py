@@ -5,7 +5,13 @@ from __future__ import annotations
 import codecs
 import re
 
-from langgraph_taskcraft.loaders.base import LoadError, LoadSettings, build_record
+from langgraph_taskcraft.loaders.base import (
+    DEFAULT_SETTINGS,
+    LoadError,
+    LoadSettings,
+    build_record,
+    short_identifier,
+)
 from langgraph_taskcraft.records import DocumentKind, DocumentRecord
 
 _ATX_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(?P<title>.+?)(?:[ \t]+#+)?[ \t]*$")
@@ -93,7 +99,7 @@ def text_identifier(text: str, fallback: str | None) -> tuple[str, str]:
     if fallback:
         return fallback, "file_name"
     # A raw text whose first line is a long paragraph: its opening words name it best.
-    return body.strip(), "first_words"
+    return short_identifier(body, 80), "first_words"
 
 
 def text_document(
@@ -109,7 +115,9 @@ def text_document(
     if b"\x00" in data[:8192] and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise LoadError("unsupported_type", "binary content, not text", source=source)
     text = decode_bytes(data, charset)
-    return _text_record(text, source=source, settings=settings, kind=kind, fallback=fallback_identifier)
+    return _text_record(
+        text, source=source, settings=settings, kind=kind, fallback=fallback_identifier
+    )
 
 
 def _text_record(
@@ -138,7 +146,7 @@ def _text_record(
 
 def load_text(
     text: str,
-    settings: LoadSettings = LoadSettings(),
+    settings: LoadSettings = DEFAULT_SETTINGS,
     *,
     identifier: str | None = None,
     source: str = "text:",

@@ -1,0 +1,632 @@
+"""Depth hop: make a verified task one search step harder.
+
+One hop, with up to `max_hop_attempts` attempts, each going through the paper's stages:
+
+1. backward search: a tool-using agent finds a *superset* of the task's identifier (a parent
+   page, series, event, citing document) and a relation that, read from the superset, points to
+   exactly that identifier;
+2. validity check: the judge confirms a true superset, a relation that picks out exactly one item,
+   and not a synonym (the official code's check can never reject; this one can);
+3. intermediate question: the generator asks for the identifier from the superset, and the
+   verifier checks it like an atomic task (the LLM alone fails, the agent succeeds);
+4. merge: the generator replaces the identifier in the question by its description through the
+   superset;
+5. semantic check: the identifier (and the answer) must no longer appear, and the judge confirms
+   the same unique answer, exactly one more hop and a natural question.
+
+A hop that succeeds yields a task with one more hop whose `chain` lists the sub-tasks in solving
+order; the routing then sends it to another hop or out. Every failed attempt is kept as a
+`Rejection` in `task.failed_attempts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+from langgraph_taskcraft.nodes.difficulty import next_extension
+from langgraph_taskcraft.nodes.normalise import answer_in_question
+from langgraph_taskcraft.nodes.verifier import rejection_detail, verify
+from langgraph_taskcraft.prompts import load, render
+from pydantic import BaseModel, Field
+
+from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.events import emit
+from langgraph_taskcraft.llm import (
+    LLMOutputInvalid,
+    ainvoke_structured,
+    chat_model,
+    record_usage,
+)
+from langgraph_taskcraft.records import (
+    ChainStep,
+    DocumentRecord,
+    Rejection,
+    Task,
+    Usage,
+    Verification,
+    content_id,
+    merge_usage,
+)
+from langgraph_taskcraft.state import TaskBranch
+
+SEARCH_KEY = "agent:depth_superset_search"
+SUPERSET_CHECK_KEY = "judge:depth_superset_check"
+INTERMEDIATE_KEY = "generator:depth_intermediate_question"
+MERGE_KEY = "generator:depth_merge"
+MERGE_CHECK_KEY = "judge:depth_merge_check"
+
+# Tools the backward search may use: reading images does not help find a parent page.
+_SEARCH_TOOL_EXCLUDED = frozenset({"inspect_image"})
+
+
+class Superset(BaseModel):
+    """A superset of the current identifier, found by the backward search."""
+
+    found: bool = Field(default=True, description="False when no superset could be found.")
+    identifier: str = Field(default="", description="Title or name of the superset.")
+    relation: str = Field(
+        default="",
+        description="Short relation that, read from the superset, points to exactly the "
+        "identifier, e.g. 'her 1971 studio album'.",
+    )
+    evidence: str = Field(
+        default="", description="URL or corpus document id of the page that states the relation."
+    )
+    quote: str = Field(default="", description="The sentence of that page that states it.")
+
+
+class SupersetJudgement(BaseModel):
+    """The judge's verdict on a proposed superset."""
+
+    is_superset: bool = Field(description="The superset really contains or points to it.")
+    unique: bool = Field(description="The relation picks out exactly one item: the identifier.")
+    is_synonym: bool = Field(description="The superset is only another name for the identifier.")
+    reason: str = Field(description="One sentence explaining the verdict.")
+
+
+class IntermediateQuestion(BaseModel):
+    """A question whose answer is the current identifier, asked from the superset."""
+
+    question: str
+
+
+class MergedQuestion(BaseModel):
+    """The current question with its identifier replaced by a description via the superset."""
+
+    question: str
+
+
+class MergeJudgement(BaseModel):
+    """The judge's verdict on a merged question."""
+
+    same_answer: bool = Field(description="Exactly one answer, the original one.")
+    one_more_hop: bool = Field(description="Exactly one more step than the original question.")
+    natural: bool = Field(description="Reads as one fluent question.")
+    reason: str = Field(description="One sentence explaining the verdict.")
+
+
+class HopRejected(Exception):
+    """One attempt of a hop failed at `stage` for `reason`."""
+
+    def __init__(self, stage: str, reason: str, detail: str = "", **extra: Any) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.detail = detail
+        self.extra = extra
+
+
+@contextlib.contextmanager
+def failures_as(stage: str) -> Iterator[None]:
+    """Turn an unparsable reply or a provider failure inside the block into a `HopRejected`."""
+    try:
+        yield
+    except HopRejected:
+        raise
+    except LLMOutputInvalid as exc:
+        raise HopRejected(stage, LLMOutputInvalid.reason, exc.detail[:500]) from exc
+    except Exception as exc:  # provider failure after retries: this attempt fails, the run goes on
+        raise HopRejected(stage, "llm_error", f"{type(exc).__name__}: {exc}"[:500]) from exc
+
+
+def identifier_names(identifier: str) -> list[str]:
+    """Forms under which an identifier may be written in a question.
+
+    The identifier as given, and without a trailing disambiguation in brackets or a file
+    extension: "Blue (album)" is also written "Blue", "report.pdf" also "report".
+    """
+    names = [identifier.strip()]
+    bare = re.sub(r"\s*[(\[][^()\[\]]*[)\]]\s*$", "", names[0])
+    bare = re.sub(r"\.(?:pdf|html?|md|txt|docx?|png|jpe?g)$", "", bare, flags=re.I)
+    if bare and bare != names[0]:
+        names.append(bare.strip())
+    return [name for name in names if len(name) >= 2]
+
+
+def names_identifier(question: str, identifier: str) -> bool:
+    """Whether the question still names the identifier (case-insensitive, whole words)."""
+    return any(answer_in_question(name, question) for name in identifier_names(identifier))
+
+
+def _same(left: str, right: str) -> bool:
+    return " ".join(left.casefold().split()) == " ".join(right.casefold().split())
+
+
+def atomic_step(task: Task) -> ChainStep:
+    """The chain step of a task that has no chain yet: the task itself."""
+    return ChainStep(
+        question=task.question,
+        answer=task.answer,
+        identifier=task.identifier,
+        relation=task.relation,
+        trajectory=task.trajectory,
+    )
+
+
+def solving_chain(task: Task) -> list[ChainStep]:
+    """A task's sub-tasks in solving order (an atomic task is its own single step)."""
+    return list(task.chain) if task.chain else [atomic_step(task)]
+
+
+def compose_trajectory(
+    question: str, answer: str, chain: Sequence[ChainStep]
+) -> list[dict[str, Any]]:
+    """One OpenAI-format trajectory that solves `question` by solving the chain in order.
+
+    It keeps the first step's system prompt, asks the composed question, then replays every
+    step's tool calls and tool results in solving order (each sub-task's own question and final
+    answer are dropped, since the composed run never states them) and ends with the answer.
+    Empty when no step has a trajectory.
+    """
+    if not any(step.trajectory for step in chain):
+        return []
+    system = next((m for step in chain for m in step.trajectory if m.get("role") == "system"), None)
+    messages: list[dict[str, Any]] = [system] if system else []
+    messages.append({"role": "user", "content": question})
+    for step in chain:
+        for message in step.trajectory:
+            role = message.get("role")
+            if role in ("system", "user"):
+                continue
+            if role == "assistant" and not message.get("tool_calls"):
+                continue
+            messages.append(message)
+    messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+async def _search_tools(context: Context, documents: Sequence[DocumentRecord]) -> list[Any]:
+    from langgraph_taskcraft.tools import build_tools
+
+    # Building the tools may read and index a corpus: keep that off the event loop.
+    tools = await asyncio.to_thread(build_tools, context, list(documents))
+    return [tool for tool in tools if tool.name not in _SEARCH_TOOL_EXCLUDED]
+
+
+async def find_superset(
+    task: Task,
+    excluded: Iterable[str],
+    *,
+    context: Context,
+    documents: Sequence[DocumentRecord],
+    usage: Usage,
+) -> Superset:
+    """Backward search: a tool-using agent run that ends with a `Superset` (stage 1).
+
+    Raises:
+        HopRejected: when the agent found nothing or ran out of steps.
+    """
+    with failures_as("depth_superset_search"):
+        return await _run_superset_agent(
+            task, excluded, context=context, documents=documents, usage=usage
+        )
+
+
+async def _run_superset_agent(
+    task: Task,
+    excluded: Iterable[str],
+    *,
+    context: Context,
+    documents: Sequence[DocumentRecord],
+    usage: Usage,
+) -> Superset:
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import ModelCallLimitMiddleware
+    from langchain.agents.structured_output import ToolStrategy
+
+    max_steps = max(1, int(context.agent_max_steps))
+    agent = create_agent(
+        chat_model(context, "agent"),
+        await _search_tools(context, documents),
+        system_prompt=load("depth_superset_search_system").strip(),
+        response_format=ToolStrategy(Superset),
+        middleware=[ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")],
+        checkpointer=False,  # a one-shot run, never stored in the caller's thread
+        name="superset_search",
+    )
+    prompt = render(
+        "depth_superset_search",
+        identifier=task.identifier,
+        question=task.question,
+        excluded="\n".join(f"- {name}" for name in excluded) or "- (nothing)",
+    )
+    result = await agent.ainvoke(
+        {"messages": [HumanMessage(prompt)]},
+        # Each model call takes a few supersteps (limit check, model, counter, tools).
+        config={"recursion_limit": 6 * max_steps + 10},
+    )
+    messages: list[BaseMessage] = list(result["messages"])
+    replies = [m for m in messages if isinstance(m, AIMessage)]
+    step_limit_reached = len(replies) > max_steps
+    if step_limit_reached:
+        replies.pop()  # the limit middleware's own message: no model wrote it
+    for reply in replies:
+        record_usage(usage, SEARCH_KEY, reply)
+    superset = result.get("structured_response")
+    if not isinstance(superset, Superset):
+        detail = "step limit reached" if step_limit_reached else "no Superset reply"
+        raise HopRejected("depth_superset_search", "superset_not_found", detail)
+    if not superset.found or not superset.identifier.strip() or not superset.relation.strip():
+        raise HopRejected("depth_superset_search", "superset_not_found", "the agent gave up")
+    return superset
+
+
+async def check_superset(
+    task: Task, superset: Superset, forbidden: Iterable[str], *, context: Context, usage: Usage
+) -> None:
+    """Validity check of a superset: programmatic guards, then the judge (stage 2).
+
+    Raises:
+        HopRejected: when the superset is the identifier itself, repeats an identifier or answer
+            of the chain, or the judge finds it invalid.
+    """
+    stage = "depth_superset_check"
+    if _same(superset.identifier, task.identifier):
+        raise HopRejected(stage, "same_as_identifier", superset.identifier)
+    if any(_same(superset.identifier, name) for name in forbidden):
+        # A superset already in the chain (or the answer) would make the chain circular.
+        raise HopRejected(stage, "cycle", superset.identifier)
+    prompt = render(
+        "depth_superset_check",
+        identifier=task.identifier,
+        superset=superset.identifier,
+        relation=superset.relation,
+        evidence=superset.evidence or "no source given",
+        quote=superset.quote or "(no quote)",
+    )
+    with failures_as(stage):
+        verdict = await ainvoke_structured(
+            chat_model(context, "judge"),
+            SupersetJudgement,
+            [HumanMessage(prompt)],
+            context=context,
+            usage=usage,
+            key=SUPERSET_CHECK_KEY,
+        )
+    if verdict.is_synonym:
+        raise HopRejected(stage, "synonym", verdict.reason)
+    if not verdict.is_superset:
+        raise HopRejected(stage, "not_superset", verdict.reason)
+    if not verdict.unique:
+        raise HopRejected(stage, "not_unique", verdict.reason)
+
+
+async def intermediate_task(
+    task: Task,
+    superset: Superset,
+    *,
+    context: Context,
+    documents: Sequence[DocumentRecord],
+    usage: Usage,
+) -> tuple[str, Verification]:
+    """Write the question whose answer is the identifier and verify it (stage 3).
+
+    Raises:
+        HopRejected: when the question gives the identifier away or fails verification.
+    """
+    prompt = render(
+        "depth_intermediate_question",
+        superset=superset.identifier,
+        relation=superset.relation,
+        quote=superset.quote or "(no quote)",
+        identifier=task.identifier,
+    )
+    with failures_as("depth_intermediate_question"):
+        reply = await ainvoke_structured(
+            chat_model(context, "generator"),
+            IntermediateQuestion,
+            [HumanMessage(prompt)],
+            context=context,
+            usage=usage,
+            key=INTERMEDIATE_KEY,
+        )
+    question = reply.question.strip()
+    if not question or names_identifier(question, task.identifier):
+        raise HopRejected("depth_intermediate_question", "answer_in_question", question=question)
+    with failures_as("depth_intermediate_verify"):
+        verification = await verify(question, task.identifier, context=context, documents=documents)
+    usage.update(merge_usage(usage, verification.usage))
+    if not verification.accepted:
+        raise HopRejected(
+            "depth_intermediate_verify",
+            verification.reason or "rejected",
+            rejection_detail(verification),
+            question=question,
+            verification=verification,
+        )
+    return question, verification
+
+
+async def merge_question(
+    task: Task,
+    superset: Superset,
+    intermediate_question: str,
+    *,
+    context: Context,
+    usage: Usage,
+    feedback: Sequence[str] = (),
+) -> str:
+    """Replace the identifier by its description through the superset, then check it (4, 5).
+
+    Raises:
+        HopRejected: when the merged question still names the identifier or the answer, or the
+            judge finds a different answer, not exactly one more hop, or an unnatural question.
+    """
+    prompt = render(
+        "depth_merge",
+        question=task.question,
+        answer=task.answer,
+        identifier=task.identifier,
+        intermediate_question=intermediate_question,
+        superset=superset.identifier,
+        relation=superset.relation,
+        feedback=_feedback(feedback),
+    )
+    with failures_as("depth_merge"):
+        reply = await ainvoke_structured(
+            chat_model(context, "generator"),
+            MergedQuestion,
+            [HumanMessage(prompt)],
+            context=context,
+            usage=usage,
+            key=MERGE_KEY,
+        )
+    merged = reply.question.strip()
+    stage = "depth_merge_check"
+    if not merged or _same(merged, task.question):
+        raise HopRejected(stage, "unchanged", question=merged)
+    if names_identifier(merged, task.identifier):
+        raise HopRejected(stage, "identifier_leaked", task.identifier, question=merged)
+    if answer_in_question(task.answer, merged):
+        raise HopRejected(stage, "answer_in_question", task.answer, question=merged)
+    check = render(
+        "depth_merge_check",
+        question=task.question,
+        answer=task.answer,
+        identifier=task.identifier,
+        relation=superset.relation,
+        superset=superset.identifier,
+        merged_question=merged,
+    )
+    with failures_as(stage):
+        verdict = await ainvoke_structured(
+            chat_model(context, "judge"),
+            MergeJudgement,
+            [HumanMessage(check)],
+            context=context,
+            usage=usage,
+            key=MERGE_CHECK_KEY,
+        )
+    if not verdict.same_answer:
+        raise HopRejected(stage, "answer_drift", verdict.reason, question=merged)
+    if not verdict.one_more_hop:
+        raise HopRejected(stage, "not_one_more_hop", verdict.reason, question=merged)
+    if not verdict.natural:
+        raise HopRejected(stage, "unnatural", verdict.reason, question=merged)
+    return merged
+
+
+def deepened_task(
+    task: Task,
+    superset: Superset,
+    intermediate_question: str,
+    intermediate: Verification,
+    merged_question: str,
+) -> Task:
+    """The task one hop deeper: same answer, merged question, the new step first in the chain.
+
+    Solving order: the new sub-task (superset → old identifier) comes first, then the steps of
+    the task it extends, which start from that identifier and end with the answer.
+    """
+    step = ChainStep(
+        question=intermediate_question,
+        answer=task.identifier,
+        identifier=superset.identifier,
+        relation=superset.relation,
+        evidence=superset.evidence,
+        trajectory=intermediate.trajectory,
+    )
+    chain = [step, *solving_chain(task)]
+    return task.model_copy(
+        update={
+            "id": content_id(task.id, "depth", merged_question),
+            "question": merged_question,
+            "kind": "depth",
+            "hops": task.hops + 1,
+            "difficulty": task.difficulty + 1,
+            "identifier": superset.identifier,
+            "relation": superset.relation,
+            # This hop verified the new sub-task; the final question's own run, if requested,
+            # is `final_verification`.
+            "verification": intermediate,
+            "trajectory": compose_trajectory(merged_question, task.answer, chain),
+            "chain": chain,
+            "final_verification": None,
+        },
+        deep=True,
+    )
+
+
+def _rejection(task: Task, error: HopRejected, usage: Usage) -> Rejection:
+    extra = dict(error.extra)
+    return Rejection(
+        id=task.id,
+        stage=error.stage,
+        reason=error.reason,
+        detail=error.detail,
+        question=str(extra.pop("question", "")),
+        answer=task.answer,
+        source=task.source,
+        document_id=task.document_id,
+        identifier=task.identifier,
+        usage=usage,
+        **extra,
+    )
+
+
+async def attempt_hop(
+    task: Task,
+    excluded: list[str],
+    *,
+    context: Context,
+    documents: Sequence[DocumentRecord],
+    usage: Usage,
+    feedback: Sequence[str] = (),
+) -> Task:
+    """One attempt at one hop: every stage in turn; the first failure raises `HopRejected`.
+
+    `excluded` (identifiers the search must not return) grows by the superset tried here.
+    """
+    superset = await find_superset(
+        task, excluded, context=context, documents=documents, usage=usage
+    )
+    excluded.append(superset.identifier)
+    forbidden = [task.answer, *(step.identifier for step in task.chain)]
+    await check_superset(task, superset, forbidden, context=context, usage=usage)
+    question, verification = await intermediate_task(
+        task, superset, context=context, documents=documents, usage=usage
+    )
+    merged = await merge_question(
+        task, superset, question, context=context, usage=usage, feedback=feedback
+    )
+    return deepened_task(task, superset, question, verification, merged)
+
+
+async def final_verification(
+    task: Task, *, context: Context, documents: Sequence[DocumentRecord]
+) -> Task:
+    """Run the final extended question through the verifier and record it (when asked to)."""
+    if not context.verify_final_task or task.kind == "atomic":
+        return task
+    try:
+        verification = await verify(
+            task.question, task.answer, context=context, documents=documents
+        )
+    except Exception as exc:  # recorded, the task is kept: this run is informative only
+        verification = Verification(accepted=False, reason="llm_error", agent_reasons=[str(exc)])
+    return task.model_copy(
+        update={
+            "final_verification": verification,
+            "usage": merge_usage(task.usage, verification.usage),
+        }
+    )
+
+
+async def depth_hop(
+    state: TaskBranch, runtime: Runtime[Context]
+) -> Command[Literal["depth_hop", "collect"]]:
+    """Add one hop to a verified task, then route it to another hop or out of the loop.
+
+    Up to `max_hop_attempts` attempts; the task leaves the loop at the depth it reached when they
+    all fail. Either way the number of hops is bounded by `target_hops`, whatever the models say.
+    """
+    context = runtime.context
+    task = state.task
+    hop = task.hops + 1
+    usage: Usage = {}
+    rejections: list[Rejection] = []
+    excluded = [task.identifier, *(step.identifier for step in task.chain)]
+    deeper: Task | None = None
+    for attempt in range(1, max(1, int(context.max_hop_attempts)) + 1):
+        emit(runtime, "depth_hop", "started", id=task.id, hop=hop, attempt=attempt)
+        attempt_usage: Usage = {}
+        try:
+            deeper = await attempt_hop(
+                task,
+                excluded,
+                context=context,
+                documents=state.documents,
+                usage=attempt_usage,
+                feedback=[
+                    f"{r.reason}: {r.question} ({r.detail})"
+                    for r in rejections
+                    if r.stage == "depth_merge_check"
+                ],
+            )
+        except HopRejected as error:
+            rejection = _rejection(task, error, attempt_usage)
+            rejections.append(rejection)
+            emit(
+                runtime,
+                "depth_hop",
+                "rejected",
+                id=task.id,
+                hop=hop,
+                attempt=attempt,
+                stage=rejection.stage,
+                reason=rejection.reason,
+            )
+            continue
+        finally:
+            usage = merge_usage(usage, attempt_usage)
+        break
+
+    if deeper is None:
+        emit(runtime, "depth_hop", "failed", id=task.id, hops=task.hops, attempts=len(rejections))
+        leaving = task.model_copy(
+            update={
+                "failed_attempts": [*task.failed_attempts, *rejections],
+                "usage": merge_usage(task.usage, usage),
+            }
+        )
+        leaving = await final_verification(leaving, context=context, documents=state.documents)
+        return Command(
+            update={"tasks": [leaving], "usage": _run_usage(leaving, usage)}, goto="collect"
+        )
+
+    deeper = deeper.model_copy(
+        update={
+            "failed_attempts": [*task.failed_attempts, *rejections],
+            "usage": merge_usage(task.usage, usage),
+        }
+    )
+    emit(runtime, "depth_hop", "accepted", id=deeper.id, hops=deeper.hops, question=deeper.question)
+    if next_extension(deeper, context) == "depth_hop":
+        return Command(
+            update={"usage": usage},
+            goto=Send("depth_hop", TaskBranch(task=deeper, documents=state.documents)),
+        )
+    deeper = await final_verification(deeper, context=context, documents=state.documents)
+    return Command(update={"tasks": [deeper], "usage": _run_usage(deeper, usage)}, goto="collect")
+
+
+def _feedback(notes: Sequence[str]) -> str:
+    """Why earlier attempts were rejected, for the next prompt (empty on the first attempt)."""
+    if not notes:
+        return ""
+    lines = "\n".join(f"- {note}" for note in notes)
+    return f"\nEarlier merged questions were rejected; avoid their mistakes:\n{lines}\n"
+
+
+def _run_usage(leaving: Task, hop_usage: Usage) -> Usage:
+    """Usage this node adds to the run: the hop's, plus the final verification's if it ran."""
+    if leaving.final_verification is None:
+        return hop_usage
+    return merge_usage(hop_usage, leaving.final_verification.usage)
