@@ -161,7 +161,9 @@ def test_empty_corpus_returns_no_results(tmp_path):
 
 
 def test_queries_of_stopwords_or_unknown_words_return_nothing():
-    corpus = Corpus([CorpusDocument(id=d["id"], title=d["title"], text=d["text"]) for d in DOCUMENTS])
+    corpus = Corpus(
+        [CorpusDocument(id=d["id"], title=d["title"], text=d["text"]) for d in DOCUMENTS]
+    )
     assert corpus.search("the of and") == []
     assert corpus.search("zyxwvut") == []
     assert corpus.search("") == []

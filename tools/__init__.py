@@ -73,5 +73,7 @@ def build_tools(context: Context, documents: Sequence[DocumentRecord] = ()) -> l
         search,
         OpenPageTool(corpus=corpus, page_chars=context.page_chars, load_settings=settings),
         ReadPdfTool(page_chars=context.page_chars, load_settings=settings),
-        InspectImageTool(model_factory=partial(chat_model, context, "agent"), load_settings=settings),
+        InspectImageTool(
+            model_factory=partial(chat_model, context, "agent"), load_settings=settings
+        ),
     ]

@@ -42,6 +42,7 @@ MEMORY_CACHE_SIZE = 8
 LOAD_WORKERS = 8
 
 IndexOrigin = Literal["built", "disk", "memory", "empty"]
+_DocumentLoader = Callable[["Corpus"], tuple[list["CorpusDocument"], list[DocumentError]]]
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ index_builds = 0
 def available_stemmer() -> tuple[str, Callable[[list[str]], list[str]] | None]:
     """PyStemmer's English stemmer when it is installed, else no stemming."""
     try:
-        import Stemmer  # type: ignore[import-not-found]
+        import Stemmer
     except ImportError:
         return "none", None
     return "pystemmer-english", Stemmer.Stemmer("english").stemWords
@@ -121,8 +122,7 @@ class Corpus:
         passage_overlap: int = 100,
         snippet_chars: int = 400,
         name: str = "",
-        _loader: Callable[[Corpus], tuple[list[CorpusDocument], list[DocumentError]]]
-        | None = None,
+        _loader: _DocumentLoader | None = None,
     ) -> None:
         if passage_chars < 100:
             raise ValueError("passage_chars must be at least 100")
@@ -147,7 +147,11 @@ class Corpus:
 
     @classmethod
     def from_records(
-        cls, records: Sequence[DocumentRecord], *, data_dir: str | Path | None = None, **options: Any
+        cls,
+        records: Sequence[DocumentRecord],
+        *,
+        data_dir: str | Path | None = None,
+        **options: Any,
     ) -> Corpus:
         """A corpus over loaded documents; ids are the records' ids, titles their identifiers."""
         documents = [

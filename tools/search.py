@@ -14,7 +14,7 @@ from langchain_core.tools import BaseTool, ToolException
 from langchain_core.utils import secret_from_env
 from pydantic import BaseModel, Field, SecretStr
 
-from langgraph_taskcraft.tools.corpus import Corpus, SearchHit, query_terms, make_snippet
+from langgraph_taskcraft.tools.corpus import Corpus, SearchHit, make_snippet, query_terms
 
 SNIPPET_CHARS = 400
 

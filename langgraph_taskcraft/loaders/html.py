@@ -10,6 +10,7 @@ from langgraph_taskcraft.loaders.text import decode_bytes
 from langgraph_taskcraft.records import DocumentRecord
 
 _TITLE_TAG = re.compile(r"<title[^>]*>(?P<title>.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_DOCUMENT_ELEMENT = re.compile(r"<(html|body|head)[\s>]", re.IGNORECASE)
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*(?P<charset>[\w-]+)""", re.I)
 
 
@@ -38,6 +39,9 @@ def html_to_text(html: str, url: str | None = None) -> tuple[str, str | None]:
 
     text = ""
     title: str | None = None
+    if html.strip() and not _DOCUMENT_ELEMENT.search(html[:10_000]):
+        # trafilatura's parser rejects bare fragments; give them a document around them.
+        html = f"<html><body>{html}</body></html>"
     if html.strip():
         document = trafilatura.bare_extraction(
             html,
