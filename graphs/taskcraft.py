@@ -43,7 +43,9 @@ builder.add_node(width_merge)
 
 builder.add_edge(START, "retrieve")
 builder.add_edge("retrieve", "form_candidates")
-builder.add_conditional_edges("form_candidates", fan_out_candidates, ["verify_candidate", "collect"])
+builder.add_conditional_edges(
+    "form_candidates", fan_out_candidates, ["verify_candidate", "collect"]
+)
 builder.add_conditional_edges("collect", plan_width_merges, ["width_merge", END])
 builder.add_edge("width_merge", END)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from langgraph.graph import END, START, StateGraph
+
+from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.nodes.verifier import (
     VerifierInput,
     VerifierOutput,
@@ -13,8 +15,6 @@ from langgraph_taskcraft.nodes.verifier import (
     route_after_llm_only,
     run_agent,
 )
-
-from langgraph_taskcraft.context import Context
 
 builder = StateGraph(
     VerifierState,

@@ -23,9 +23,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def build_context(
-    overrides: dict[str, Any], assignments: list[str] | None = None
-) -> Context:
+def build_context(overrides: dict[str, Any], assignments: list[str] | None = None) -> Context:
     """A Context from CLI options (None = not given) and `--set name=value` pairs."""
     hints = get_type_hints(Context, include_extras=True)
     names = {f.name for f in fields(Context)}
@@ -34,8 +32,9 @@ def build_context(
         name, sep, raw = assignment.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or name not in names:
-            raise typer.BadParameter(f"--set {assignment!r}: expected NAME=VALUE, NAME one of "
-                                     f"{', '.join(sorted(names))}")
+            raise typer.BadParameter(
+                f"--set {assignment!r}: expected NAME=VALUE, NAME one of {', '.join(sorted(names))}"
+            )
         values[name] = parse_field_value(raw, hints[name], name)
     return Context(**values)
 
@@ -58,9 +57,9 @@ def generate(
             "of {id, title, text}."
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL of accepted tasks.")] = Path(
-        "tasks.jsonl"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output JSONL of accepted tasks.")
+    ] = Path("tasks.jsonl"),
     model: Annotated[
         str | None, typer.Option(help="Model for every role, e.g. openai:gpt-4.1-mini.")
     ] = None,
@@ -179,15 +178,19 @@ def stats(
     accepted = list(read_jsonl(files.tasks))
     rejected = list(read_jsonl(files.rejected))
     errors = list(read_jsonl(files.errors))
-    table = Table(title=f"{tasks}: {len(accepted)} accepted, {len(rejected)} rejected, "
-                  f"{len(errors)} document errors")
+    table = Table(
+        title=f"{tasks}: {len(accepted)} accepted, {len(rejected)} rejected, "
+        f"{len(errors)} document errors"
+    )
     table.add_column("what")
     table.add_column("count", justify="right")
     for (kind, hops, width), count in sorted(
         Counter((t["kind"], t["hops"], t["width"]) for t in accepted).items()
     ):
         table.add_row(f"accepted {kind}, hops={hops}, width={width}", str(count))
-    for (stage, reason), count in Counter((r["stage"], r["reason"]) for r in rejected).most_common():
+    for (stage, reason), count in Counter(
+        (r["stage"], r["reason"]) for r in rejected
+    ).most_common():
         table.add_row(f"rejected at {stage}: {reason}", str(count))
     for error, count in Counter(e["error"] for e in errors).most_common():
         table.add_row(f"document error: {error}", str(count))

@@ -233,5 +233,7 @@ def parse_field_value(raw: str, annotation: Any, name: str) -> Any:
     if annotation is float:
         return float(raw)
     if get_origin(annotation) is Literal and raw not in get_args(annotation):
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected one of {get_args(annotation)}")
+        raise ValueError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r}: expected one of {get_args(annotation)}"
+        )
     return raw

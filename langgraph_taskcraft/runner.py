@@ -332,9 +332,7 @@ async def _run_item(
                 elif mode == "values":
                     values = chunk
     except Exception as exc:  # the item fails with its message; the run goes on
-        return ItemResult(
-            key=item.key, status="failed", message=f"{type(exc).__name__}: {exc}"
-        )
+        return ItemResult(key=item.key, status="failed", message=f"{type(exc).__name__}: {exc}")
     tasks = [Task.model_validate(t) for t in values.get("tasks", [])]
     rejected = [Rejection.model_validate(r) for r in values.get("rejected", [])]
     errors = [DocumentError.model_validate(e) for e in values.get("errors", [])]

@@ -30,10 +30,6 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
-from langgraph_taskcraft.nodes.difficulty import next_extension
-from langgraph_taskcraft.nodes.normalise import answer_in_question
-from langgraph_taskcraft.nodes.verifier import rejection_detail, verify
-from langgraph_taskcraft.prompts import load, render
 from pydantic import BaseModel, Field
 
 from langgraph_taskcraft.context import Context
@@ -44,6 +40,10 @@ from langgraph_taskcraft.llm import (
     chat_model,
     record_usage,
 )
+from langgraph_taskcraft.nodes.difficulty import next_extension
+from langgraph_taskcraft.nodes.normalise import answer_in_question
+from langgraph_taskcraft.nodes.verifier import rejection_detail, verify
+from langgraph_taskcraft.prompts import load, render
 from langgraph_taskcraft.records import (
     ChainStep,
     DocumentRecord,
@@ -279,20 +279,28 @@ async def _run_superset_agent(
 
 
 async def check_superset(
-    task: Task, superset: Superset, forbidden: Iterable[str], *, context: Context, usage: Usage
+    task: Task,
+    superset: Superset,
+    rejected: Iterable[str] = (),
+    *,
+    context: Context,
+    usage: Usage,
 ) -> None:
     """Validity check of a superset: programmatic guards, then the judge (stage 2).
 
     Raises:
-        HopRejected: when the superset is the identifier itself, repeats an identifier or answer
-            of the chain, or the judge finds it invalid.
+        HopRejected: when the superset is the identifier itself, the answer or an identifier
+            already in the chain (the chain would be circular), a superset this hop already
+            rejected, or the judge finds it invalid.
     """
     stage = "depth_superset_check"
-    if _same(superset.identifier, task.identifier):
-        raise HopRejected(stage, "same_as_identifier", superset.identifier)
-    if any(_same(superset.identifier, name) for name in forbidden):
-        # A superset already in the chain (or the answer) would make the chain circular.
-        raise HopRejected(stage, "cycle", superset.identifier)
+    name = superset.identifier
+    if _same(name, task.identifier):
+        raise HopRejected(stage, "same_as_identifier", name)
+    if any(_same(name, used) for used in [task.answer, *(s.identifier for s in task.chain)]):
+        raise HopRejected(stage, "cycle", name)
+    if any(_same(name, earlier) for earlier in rejected):
+        raise HopRejected(stage, "already_rejected", name)
     prompt = render(
         "depth_superset_check",
         identifier=task.identifier,
@@ -493,7 +501,7 @@ def _rejection(task: Task, error: HopRejected, usage: Usage) -> Rejection:
 
 async def attempt_hop(
     task: Task,
-    excluded: list[str],
+    rejected_supersets: list[str],
     *,
     context: Context,
     documents: Sequence[DocumentRecord],
@@ -502,14 +510,20 @@ async def attempt_hop(
 ) -> Task:
     """One attempt at one hop: every stage in turn; the first failure raises `HopRejected`.
 
-    `excluded` (identifiers the search must not return) grows by the superset tried here.
+    `rejected_supersets` (found invalid by earlier attempts of this hop) grows by this attempt's
+    superset when the validity check rejects it; a valid superset may be found again after a
+    later stage failed, since the intermediate question or the merge may succeed next time.
     """
+    excluded = [task.identifier, *(step.identifier for step in task.chain), *rejected_supersets]
     superset = await find_superset(
-        task, excluded, context=context, documents=documents, usage=usage
+        task, dict.fromkeys(excluded), context=context, documents=documents, usage=usage
     )
-    excluded.append(superset.identifier)
-    forbidden = [task.answer, *(step.identifier for step in task.chain)]
-    await check_superset(task, superset, forbidden, context=context, usage=usage)
+    try:
+        await check_superset(task, superset, rejected_supersets, context=context, usage=usage)
+    except HopRejected:
+        # An invalid superset: the next search is told to look elsewhere.
+        rejected_supersets.append(superset.identifier)
+        raise
     question, verification = await intermediate_task(
         task, superset, context=context, documents=documents, usage=usage
     )
@@ -552,7 +566,7 @@ async def depth_hop(
     hop = task.hops + 1
     usage: Usage = {}
     rejections: list[Rejection] = []
-    excluded = [task.identifier, *(step.identifier for step in task.chain)]
+    rejected_supersets: list[str] = []
     deeper: Task | None = None
     for attempt in range(1, max(1, int(context.max_hop_attempts)) + 1):
         emit(runtime, "depth_hop", "started", id=task.id, hop=hop, attempt=attempt)
@@ -560,7 +574,7 @@ async def depth_hop(
         try:
             deeper = await attempt_hop(
                 task,
-                excluded,
+                rejected_supersets,
                 context=context,
                 documents=state.documents,
                 usage=attempt_usage,
@@ -580,7 +594,7 @@ async def depth_hop(
                 id=task.id,
                 hop=hop,
                 attempt=attempt,
-                stage=rejection.stage,
+                rejected_by=rejection.stage,
                 reason=rejection.reason,
             )
             continue

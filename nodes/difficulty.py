@@ -53,9 +53,7 @@ def width_groups(tasks: list[Task], context: Context) -> list[list[Task]]:
     return [ordered[i : i + size] for i in range(0, len(ordered) - size + 1, size)]
 
 
-def plan_width_merges(
-    state: TaskcraftState, runtime: Runtime[Context]
-) -> list[Send] | Literal["__end__"]:
+def plan_width_merges(state: TaskcraftState, runtime: Runtime[Context]) -> list[Send] | str:
     """After all branches are collected: one width-merge branch per group, or the end."""
     if not wants_width(runtime.context):
         return END

@@ -33,7 +33,6 @@ from langchain_core.messages import (
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
-from langgraph_taskcraft.prompts import load, render
 from pydantic import BaseModel, Field
 
 from langgraph_taskcraft.context import Context
@@ -45,6 +44,7 @@ from langgraph_taskcraft.llm import (
     message_text,
     record_usage,
 )
+from langgraph_taskcraft.prompts import load, render
 from langgraph_taskcraft.records import DocumentRecord, Usage, Verification, merge_usage
 
 LLM_ONLY_ANSWER_KEY = "agent:llm_only_answer"
@@ -289,23 +289,30 @@ async def judge_answer(
     if not answer.strip():
         return 0.0, ["empty answer"]
     model = chat_model(context, "judge")
-    prompt = [
-        HumanMessage(
-            render(
-                "verifier_judge_answer",
-                question=question,
-                golden_answer=golden_answer,
-                candidate_answer=answer,
-            )
-        )
-    ]
+    prompt = render(
+        "verifier_judge_answer",
+        question=question,
+        golden_answer=golden_answer,
+        candidate_answer=answer,
+    )
     samples = max(1, int(context.judge_samples))
+    # Each sample's prompt names its number: the samples stay independent draws even when an
+    # LLM cache would otherwise return the first verdict for all of them.
     verdicts = await _gather_or_cancel(
         [
             ainvoke_structured(
-                model, AnswerJudgement, prompt, context=context, usage=usage, key=key
+                model,
+                AnswerJudgement,
+                [
+                    HumanMessage(
+                        prompt if samples == 1 else f"{prompt}\n\n(Verdict {i} of {samples}.)"
+                    )
+                ],
+                context=context,
+                usage=usage,
+                key=key,
             )
-            for _ in range(samples)
+            for i in range(1, samples + 1)
         ]
     )
     correct = sum(1 for verdict in verdicts if verdict.correct)

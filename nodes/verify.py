@@ -11,7 +11,7 @@ from langgraph_taskcraft.events import emit
 from langgraph_taskcraft.records import Candidate, Rejection, Task, Verification
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.nodes.difficulty import next_extension
-from langgraph_taskcraft.nodes.verifier import verify
+from langgraph_taskcraft.nodes.verifier import rejection_detail, verify
 from langgraph_taskcraft.state import CandidateBranch, TaskBranch
 
 
@@ -69,11 +69,12 @@ async def verify_candidate(
         emit(runtime, "verify", "failed", id=candidate.id, reason=rejection.detail)
         return Command(update={"rejected": [rejection]}, goto="collect")
     if not verification.accepted:
-        stage = "llm_only" if verification.reason == "answered_without_tools" else "agent"
+        stage = "llm_only" if verification.agent_answer is None else "agent"
         rejection = rejection_from(
             candidate,
             stage,
             verification.reason or "rejected",
+            rejection_detail(verification),
             verification=verification,
             usage=verification.usage,
         )
@@ -85,5 +86,7 @@ async def verify_candidate(
     emit(runtime, "verify", "accepted", id=task.id, question=task.question)
     update = {"usage": verification.usage}
     if next_extension(task, runtime.context) == "depth_hop":
-        return Command(update=update, goto=Send("depth_hop", TaskBranch(task=task, documents=state.documents)))
+        return Command(
+            update=update, goto=Send("depth_hop", TaskBranch(task=task, documents=state.documents))
+        )
     return Command(update={**update, "tasks": [task]}, goto="collect")

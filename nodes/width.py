@@ -19,6 +19,11 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field
+
+from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.events import emit
+from langgraph_taskcraft.llm import ainvoke_structured, ainvoke_text, chat_model
 from langgraph_taskcraft.nodes.depth import (
     HopRejected,
     compose_trajectory,
@@ -28,11 +33,6 @@ from langgraph_taskcraft.nodes.depth import (
 from langgraph_taskcraft.nodes.normalise import answer_in_question
 from langgraph_taskcraft.nodes.verifier import judge_answer, verify
 from langgraph_taskcraft.prompts import render
-from pydantic import BaseModel, Field
-
-from langgraph_taskcraft.context import Context
-from langgraph_taskcraft.events import emit
-from langgraph_taskcraft.llm import ainvoke_structured, ainvoke_text, chat_model
 from langgraph_taskcraft.records import (
     DocumentRecord,
     Rejection,
@@ -268,7 +268,7 @@ async def width_merge(state: WidthBranch, runtime: Runtime[Context]) -> dict[str
                 "rejected",
                 id=group_id,
                 attempt=attempt,
-                stage=rejection.stage,
+                rejected_by=rejection.stage,
                 reason=rejection.reason,
             )
             continue

@@ -435,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_reply(self, body: dict[str, Any], reply: Reply) -> None:
         model = str(body.get("model") or (self.mock.models or ["mock-model"])[0])
         prompt_tokens = count_tokens(transcript_of(body))
-        calls = [
+        calls: list[dict[str, Any]] = [
             {
                 "id": f"call_{uuid.uuid4().hex[:24]}",
                 "type": "function",
@@ -443,10 +443,8 @@ class _Handler(BaseHTTPRequestHandler):
             }
             for call in reply.tool_calls
         ]
-        completion_tokens = max(
-            1,
-            count_tokens(reply.text) + sum(count_tokens(c["function"]["arguments"]) for c in calls),
-        )
+        argument_tokens = sum(count_tokens(json.dumps(c.arguments)) for c in reply.tool_calls)
+        completion_tokens = max(1, count_tokens(reply.text) + argument_tokens)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

@@ -23,7 +23,10 @@ completed in 1911. The observatory's archive catalogue is called Corvex-9. The o
 stands on the shore of Lake Vell."""
 
 FACTS = {
-    "Tamsin Oduya": ("founder of the Zephyrine Observatory", "Who founded the Zephyrine Observatory?"),
+    "Tamsin Oduya": (
+        "founder of the Zephyrine Observatory",
+        "Who founded the Zephyrine Observatory?",
+    ),
     "1911": (
         "year the copper dome of the Zephyrine Observatory was completed",
         "In which year was the copper dome of the Zephyrine Observatory completed?",
@@ -64,7 +67,9 @@ AGENT = ScriptedChatModel(
         Rule(r"You have no tools.*copper dome", "1911"),
         Rule(r"You have no tools", "I am not sure, perhaps Galileo"),
         # With tools, it searches first, then answers from what it read.
-        Rule(r"research agent", tool_call("search", query="Zephyrine Observatory"), after_tool=False),
+        Rule(
+            r"research agent", tool_call("search", query="Zephyrine Observatory"), after_tool=False
+        ),
         Rule(r"research agent.*Who founded the Zephyrine", "Tamsin Oduya", after_tool=True),
         Rule(r"research agent", "The documents do not say.", after_tool=True),
     ]
@@ -75,9 +80,10 @@ def _grade(messages: list[BaseMessage]) -> AIMessage:
     text = transcript_of(messages)
     golden = re.search(r"Golden answer: (.*)", text)
     candidate = re.search(r"Candidate answer: (.*)", text)
-    same = bool(golden and candidate) and golden.group(1).strip().lower() == candidate.group(
-        1
-    ).strip().lower()
+    same = (
+        bool(golden and candidate)
+        and golden.group(1).strip().lower() == candidate.group(1).strip().lower()
+    )
     return structured(
         "AnswerJudgement", correct=same, reason="same fact" if same else "different answer"
     )

@@ -13,9 +13,12 @@ from tests import scenario_atomic
 from tests.scenario_atomic import FIXTURE_TEXT
 
 MODELS = [
-    "--generator-model", "tests.scenario_atomic:GENERATOR",
-    "--agent-model", "tests.scenario_atomic:AGENT",
-    "--judge-model", "tests.scenario_atomic:JUDGE",
+    "--generator-model",
+    "tests.scenario_atomic:GENERATOR",
+    "--agent-model",
+    "tests.scenario_atomic:AGENT",
+    "--judge-model",
+    "tests.scenario_atomic:JUDGE",
 ]
 
 
@@ -25,7 +28,8 @@ def lines(path: Path) -> list[dict]:
 
 def model_calls() -> int:
     return sum(
-        len(m.calls) for m in (scenario_atomic.GENERATOR, scenario_atomic.AGENT, scenario_atomic.JUDGE)
+        len(m.calls)
+        for m in (scenario_atomic.GENERATOR, scenario_atomic.AGENT, scenario_atomic.JUDGE)
     )
 
 
@@ -43,20 +47,41 @@ def test_generate_writes_tasks_rejections_and_per_file_errors(inputs: Path, tmp_
     out = tmp_path / "out" / "tasks.jsonl"
     result = CliRunner().invoke(
         app,
-        ["generate", str(inputs), "--out", str(out), "--data-dir", str(tmp_path / "state"),
-         "--no-cache", *MODELS],
+        [
+            "generate",
+            str(inputs),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "state"),
+            "--no-cache",
+            *MODELS,
+        ],
     )
     assert result.exit_code == 0, result.output
     tasks = lines(out)
     assert [t["answer"] for t in tasks] == ["Tamsin Oduya"]
-    for field in ("id", "question", "answer", "kind", "hops", "identifier", "source",
-                  "verification", "trajectory"):
+    for field in (
+        "id",
+        "question",
+        "answer",
+        "kind",
+        "hops",
+        "identifier",
+        "source",
+        "verification",
+        "trajectory",
+    ):
         assert field in tasks[0]
     rejected = lines(out.with_name("tasks.rejected.jsonl"))
     assert sorted(r["reason"] for r in rejected) == [
-        "agent_failed", "answer_in_question", "answered_without_tools"
+        "agent_failed",
+        "answer_in_question",
+        "answered_without_tools",
     ]
-    errors = {Path(e["source"]).name: e["error"] for e in lines(out.with_name("tasks.errors.jsonl"))}
+    errors = {
+        Path(e["source"]).name: e["error"] for e in lines(out.with_name("tasks.errors.jsonl"))
+    }
     assert errors == {"empty.pdf": "pdf_empty", "garbage.pdf": "pdf_malformed"}
 
     stats = CliRunner().invoke(app, ["stats", str(out)])
@@ -66,8 +91,16 @@ def test_generate_writes_tasks_rejections_and_per_file_errors(inputs: Path, tmp_
 
 def test_rerun_skips_finished_documents_with_no_llm_call(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "tasks.jsonl"
-    args = ["generate", str(inputs), "--out", str(out), "--data-dir", str(tmp_path / "state"),
-            "--no-cache", *MODELS]
+    args = [
+        "generate",
+        str(inputs),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tmp_path / "state"),
+        "--no-cache",
+        *MODELS,
+    ]
     assert CliRunner().invoke(app, args).exit_code == 0
     first = out.read_text()
     calls = model_calls()

@@ -42,7 +42,7 @@ def test_exact_duplicates_after_normalisation() -> None:
     dedup.add("t1", EIFFEL)
     match = dedup.match(EIFFEL.upper().replace(",", " ,  "))
     assert match == DuplicateMatch("t1", "exact", 1.0)
-    assert match.reason == "exact duplicate of t1"
+    assert match is not None and match.reason == "exact duplicate of t1"
     assert dedup.check(EIFFEL) == "t1"
     assert "t1" in dedup and len(dedup) == 1
 
@@ -58,9 +58,9 @@ def test_near_duplicates_by_shingle_jaccard() -> None:
         match = dedup.match(reworded)
         assert match is not None and match.task_id == "t1" and match.kind == "near"
         assert 0.8 <= match.similarity < 1.0
+        assert match.reason.startswith("near duplicate of t1 (jaccard 0.")
     # A substituted word changes two bigrams: below 0.8 in a question this short.
     assert dedup.check(EIFFEL.replace("In what", "In which")) is None
-    assert match.reason.startswith("near duplicate of t1 (jaccard 0.")
     # One word that matters changes the question: not a duplicate at 0.8.
     assert dedup.check("What is the area of the city that hosted the 1900 Summer Olympics?") is None
     assert dedup.check("Who designed the Louvre pyramid?") is None

@@ -14,7 +14,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.llm import ainvoke_structured, chat_model
@@ -49,7 +49,7 @@ def client(base_url: str, *, max_retries: int = 0, timeout: float = 5.0, **kwarg
     return ChatOpenAI(
         model="mock-model",
         base_url=base_url,
-        api_key="test",
+        api_key=SecretStr("test"),
         max_retries=max_retries,
         timeout=timeout,
         **kwargs,
@@ -164,15 +164,12 @@ async def test_streaming_text_tool_calls_and_usage() -> None:
         model = client(base_url, stream_usage=True)
         chunks = [chunk async for chunk in model.astream("tell a story")]
         assert len(chunks) > 3  # really streamed in pieces
-        text = chunks[0]
-        for chunk in chunks[1:]:
-            text = text + chunk
-        calls = None
-        async for chunk in model.bind_tools([search]).astream("look it up"):
-            calls = chunk if calls is None else calls + chunk
+        text = sum(chunks[1:], chunks[0])
+        call_chunks = [chunk async for chunk in model.bind_tools([search]).astream("look it up")]
+        calls = sum(call_chunks[1:], call_chunks[0])
     assert text.text == "once upon a time there was a mock server"
     assert text.usage_metadata and text.usage_metadata["output_tokens"] == 9
-    assert calls is not None and calls.tool_calls[0]["args"] == {"query": "a b c"}
+    assert calls.tool_calls[0]["args"] == {"query": "a b c"}
 
 
 def test_models_endpoint_and_unknown_routes() -> None:
@@ -211,9 +208,9 @@ async def test_rate_limit_sends_retry_after() -> None:
 
 async def test_too_few_retries_surface_the_error() -> None:
     plan = FaultPlan(schedule={1: Fault.RATE_LIMIT, 2: Fault.RATE_LIMIT})
-    with MockOpenAIServer(faults=plan, retry_after_s=0.01) as base_url:
-        with pytest.raises(openai.RateLimitError):
-            await client(base_url, max_retries=1).ainvoke("hello")
+    server = MockOpenAIServer(faults=plan, retry_after_s=0.01)
+    with server as base_url, pytest.raises(openai.RateLimitError):
+        await client(base_url, max_retries=1).ainvoke("hello")
 
 
 async def test_a_permanent_failure_surfaces_as_an_exception() -> None:
@@ -241,13 +238,13 @@ async def test_a_slow_reply_times_out_and_the_retry_succeeds() -> None:
 
 async def test_malformed_json_and_permanent_drops_raise() -> None:
     plan = FaultPlan(schedule={1: Fault.MALFORMED_JSON}, rates={})
-    with MockOpenAIServer(faults=plan) as base_url:
-        with pytest.raises(ValueError):
-            await client(base_url).ainvoke("hello")
+    with MockOpenAIServer(faults=plan) as base_url, pytest.raises(ValueError):
+        await client(base_url).ainvoke("hello")
     always_drop = FaultPlan(rates={Fault.DROP_CONNECTION: 1.0})
-    with MockOpenAIServer(faults=always_drop) as base_url:
-        with pytest.raises(openai.APIConnectionError):
-            await client(base_url, max_retries=1).ainvoke("hello")
+    server = MockOpenAIServer(faults=always_drop)
+    with server as base_url, pytest.raises(openai.APIConnectionError):
+        await client(base_url, max_retries=1).ainvoke("hello")
+    assert server.stats()["faults"] == {"drop_connection": 2}
 
 
 def test_fault_rates_are_deterministic_per_request_number() -> None:

@@ -76,8 +76,8 @@ def test_installed_wheel_imports_every_graph_without_api_keys(wheel: Path, tmp_p
     code = (
         "import langgraph_taskcraft, langgraph_taskcraft.graphs.taskcraft as t, "
         "langgraph_taskcraft.graphs.verifier as v; "
-        "assert langgraph_taskcraft.__file__.startswith(%r), langgraph_taskcraft.__file__; "
-        "print(sorted(t.graph.get_graph().nodes)); print(v.graph.name)" % str(target)
+        f"assert langgraph_taskcraft.__file__.startswith({str(target)!r}); "
+        "print(sorted(t.graph.get_graph().nodes)); print(v.graph.name)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True

@@ -291,3 +291,41 @@ def test_concurrent_first_searches_build_the_index_once():
         results = list(pool.map(lambda c: c.search("hawk moth")[0].doc_id, handles))
     assert results == ["orchid"] * 8
     assert corpus_module.index_builds == builds_before + 1
+
+
+def test_a_missing_corpus_is_a_configuration_error_not_no_results(tmp_path):
+    from langgraph_taskcraft.tools import LocalSearchTool, SearchUnavailable
+
+    for corpus in (
+        Corpus.from_path(tmp_path / "absent.jsonl"),
+        Corpus.from_path(tmp_path / "absent-folder"),
+    ):
+        with pytest.raises(SearchUnavailable, match="does not exist"):
+            LocalSearchTool(corpus=corpus).invoke({"query": "lighthouse"})
+
+
+def test_an_installed_stemmer_is_used_and_keys_the_index(monkeypatch):
+    import sys
+    import types
+
+    documents = [CorpusDocument(id=d["id"], title=d["title"], text=d["text"]) for d in DOCUMENTS]
+    plain = Corpus(documents)
+    assert plain.stemmer_name == "none"  # PyStemmer is not a dependency
+    assert plain.search("lighthouses") == []
+
+    class FakeStemmer:  # stands in for PyStemmer: strips a plural "s"
+        def __init__(self, language):
+            assert language == "english"
+
+        def stemWords(self, words):  # noqa: N802 - PyStemmer's API
+            return [w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words]
+
+    monkeypatch.setitem(sys.modules, "Stemmer", types.SimpleNamespace(Stemmer=FakeStemmer))
+    corpus_module.available_stemmer.cache_clear()
+    try:
+        stemmed = Corpus(documents)
+        assert stemmed.stemmer_name == "pystemmer-english"
+        assert stemmed.content_hash != plain.content_hash
+        assert stemmed.search("lighthouses")[0].doc_id == "lighthouse"
+    finally:
+        corpus_module.available_stemmer.cache_clear()

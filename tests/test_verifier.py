@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 import pytest
@@ -12,6 +13,8 @@ from langchain_core.tools import BaseTool, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+
+from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.graphs.verifier import graph as verifier_graph
 from langgraph_taskcraft.nodes.verifier import (
     AGENT_JUDGEMENT_KEY,
@@ -22,8 +25,6 @@ from langgraph_taskcraft.nodes.verifier import (
     rejection_detail,
     verify,
 )
-
-from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.records import DocumentRecord, Verification, content_id
 from tests.fakes import Rule, ScriptedChatModel, structured, tool_call
 
@@ -357,19 +358,19 @@ def local_corpus() -> list[DocumentRecord]:
     ]
 
 
-async def test_agent_uses_the_real_tools_over_a_local_corpus() -> None:
-    tools_module = pytest.importorskip("langgraph_taskcraft.tools")
-    if not hasattr(tools_module, "build_tools"):
-        pytest.skip("build_tools not available yet")
+async def test_agent_uses_the_real_tools_over_a_local_corpus(tmp_path: Path) -> None:
     MODELS.agent = agent_that_searches()
     MODELS.judge = ScriptedChatModel(rules=judge_rules())
-    context = make_context(search_backend="local", corpus_path="")
+    context = make_context(search_backend="local", corpus_path="", data_dir=str(tmp_path))
+    corpus = local_corpus()
 
-    result = await verify(QUESTION, GOLDEN, context=context, documents=local_corpus())
+    result = await verify(QUESTION, GOLDEN, context=context, documents=corpus)
 
-    assert result.accepted
+    assert result.accepted and result.agent_steps == 2
     tool_messages = [m for m in result.trajectory if m["role"] == "tool"]
-    assert len(tool_messages) == 1 and "founded in 1987" in str(tool_messages[0]["content"])
-    # The agent's second prompt really held the search tool's result.
+    assert len(tool_messages) == 1 and tool_messages[0]["name"] == "search"
+    # BM25 ranks the institute's document first, and its passage reached the agent.
+    first_hit = str(tool_messages[0]["content"]).splitlines()[0]
+    assert corpus[0].id in first_hit and "founded in 1987" in first_hit
     second_prompt = agent_prompts(MODELS.agent)[1]
     assert any(isinstance(m, ToolMessage) and "founded in 1987" in m.text for m in second_prompt)

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,14 @@ LOAD_WORKERS = 8
 
 IndexOrigin = Literal["built", "disk", "memory", "empty"]
 _DocumentLoader = Callable[["Corpus"], tuple[list["CorpusDocument"], list[DocumentError]]]
+
+
+class SearchUnavailable(RuntimeError):
+    """Search cannot work as configured (missing corpus, missing API key): not the agent's fault.
+
+    Tools raise it instead of returning a message, so a misconfigured run stops with a clear
+    error rather than failing every task with "no results".
+    """
 
 
 @dataclass(frozen=True)
@@ -89,13 +98,22 @@ index_builds = 0
 """How many indexes this process tokenised and built (cache and disk hits do not count)."""
 
 
+@lru_cache(maxsize=1)
 def available_stemmer() -> tuple[str, Callable[[list[str]], list[str]] | None]:
-    """PyStemmer's English stemmer when it is installed, else no stemming."""
+    """PyStemmer's English stemmer when it is installed, else no stemming (checked once)."""
     try:
         import Stemmer
     except ImportError:
         return "none", None
-    return "pystemmer-english", Stemmer.Stemmer("english").stemWords
+    per_thread = threading.local()  # PyStemmer's stemmer objects are not thread-safe
+
+    def stem_words(words: list[str]) -> list[str]:
+        stemmer = getattr(per_thread, "stemmer", None)
+        if stemmer is None:
+            stemmer = per_thread.stemmer = Stemmer.Stemmer("english")
+        return list(stemmer.stemWords(words))
+
+    return "pystemmer-english", stem_words
 
 
 def clear_memory_cache() -> None:
@@ -131,7 +149,6 @@ class Corpus:
         self.passage_overlap = max(0, min(passage_overlap, passage_chars // 2))
         self.snippet_chars = snippet_chars
         self.name = name or "documents"
-        self.stemmer_name, self._stemmer = available_stemmer()
         self._loader = _loader
         self._documents: list[CorpusDocument] | None = None
         self._errors: list[DocumentError] = []
@@ -160,7 +177,8 @@ class Corpus:
             )
             for record in records
         ]
-        return cls(documents, data_dir=data_dir, name="run documents", **options)
+        options.setdefault("name", "run documents")
+        return cls(documents, data_dir=data_dir, **options)
 
     @classmethod
     def from_jsonl(
@@ -172,12 +190,8 @@ class Corpus:
         non-empty `text` are skipped and reported in `errors`.
         """
         jsonl_path = Path(path)
-        return cls(
-            data_dir=data_dir,
-            name=str(jsonl_path),
-            _loader=lambda corpus: _read_jsonl(jsonl_path),
-            **options,
-        )
+        options.setdefault("name", str(jsonl_path))
+        return cls(data_dir=data_dir, _loader=lambda corpus: _read_jsonl(jsonl_path), **options)
 
     @classmethod
     def from_folder(
@@ -196,9 +210,9 @@ class Corpus:
         parsed again in the next run.
         """
         folder = Path(path)
+        options.setdefault("name", str(folder))
         return cls(
             data_dir=data_dir,
-            name=str(folder),
             _loader=lambda corpus: corpus._load_folder(folder, settings),
             **options,
         )
@@ -216,6 +230,15 @@ class Corpus:
         if str(path).lower().endswith(".jsonl"):
             return cls.from_jsonl(path, data_dir=data_dir, **options)
         return cls.from_folder(path, settings=settings, data_dir=data_dir, **options)
+
+    @property
+    def stemmer_name(self) -> str:
+        """`pystemmer-english` when PyStemmer is installed, else `none`."""
+        return available_stemmer()[0]
+
+    @property
+    def _stemmer(self) -> Callable[[list[str]], list[str]] | None:
+        return available_stemmer()[1]
 
     # ----------------------------------------------------------------- documents
 
@@ -491,6 +514,8 @@ class Corpus:
         from langgraph_taskcraft.loaders import LoadSettings, expand_sources
 
         settings = settings if settings is not None else LoadSettings()
+        if not folder.exists() and not set("*?[") & set(str(folder)):
+            raise SearchUnavailable(f"the search corpus {folder} does not exist")
         sources = sorted(expand_sources([str(folder)]))
         fingerprint = _fingerprint(sources, settings)
         cache_key = (str(folder.resolve()), repr(settings))
@@ -617,6 +642,8 @@ def make_snippet(text: str, terms: Sequence[str], max_chars: int) -> str:
 
 
 def _read_jsonl(path: Path) -> tuple[list[CorpusDocument], list[DocumentError]]:
+    if not path.is_file():
+        raise SearchUnavailable(f"the search corpus {path} does not exist or is not a file")
     documents: list[CorpusDocument] = []
     errors: list[DocumentError] = []
     with path.open(encoding="utf-8") as lines:

@@ -14,7 +14,13 @@ from langchain_core.tools import BaseTool, ToolException
 from langchain_core.utils import secret_from_env
 from pydantic import BaseModel, Field, SecretStr
 
-from langgraph_taskcraft.tools.corpus import Corpus, SearchHit, make_snippet, query_terms
+from langgraph_taskcraft.tools.corpus import (
+    Corpus,
+    SearchHit,
+    SearchUnavailable,
+    make_snippet,
+    query_terms,
+)
 
 SNIPPET_CHARS = 400
 
@@ -28,15 +34,13 @@ class SearchInput(BaseModel):
     )
 
 
-class SearchUnavailable(RuntimeError):
-    """The search backend is not usable as configured (e.g. no API key); not the agent's fault."""
-
-
 def format_results(query: str, hits: list[SearchHit]) -> str:
     """One line per hit, `[id] title — snippet`, or a clear `no results` line."""
     if not hits:
         return f"No results for {query!r}. Try other keywords (names, titles, distinctive words)."
-    return "\n".join(f"[{hit.doc_id}] {hit.title} — {hit.snippet}" for hit in hits)
+    return "\n".join(
+        f"[{hit.doc_id}] {' '.join(hit.title.split())} — {hit.snippet}" for hit in hits
+    )
 
 
 class LocalSearchTool(BaseTool):
@@ -52,6 +56,7 @@ class LocalSearchTool(BaseTool):
     args_schema: type[BaseModel] = SearchInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool = True
+    handle_validation_error: bool = True
 
     corpus: Corpus = Field(description="The documents to search.")
     max_results: int = Field(default=5, ge=1, description="Results returned by one call.")
@@ -80,6 +85,7 @@ class TavilySearchTool(BaseTool):
     args_schema: type[BaseModel] = SearchInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool = True
+    handle_validation_error: bool = True
 
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env("TAVILY_API_KEY", default=None),

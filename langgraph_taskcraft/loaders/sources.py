@@ -197,7 +197,8 @@ def _load_url(url: str, settings: LoadSettings) -> DocumentRecord:
 def _load_file(source: str, settings: LoadSettings) -> DocumentRecord:
     path = Path(os.path.expanduser(source))
     if not path.exists():
-        raise LoadError("not_found", "no such file or folder", source=source)
+        hint = " (URLs must start with http:// or https://)" if source.startswith("www.") else ""
+        raise LoadError("not_found", f"no such file or folder{hint}", source=source)
     if path.is_dir():
         raise LoadError(
             "unsupported_type", "is a folder (expand it with expand_sources)", source=source
