@@ -335,3 +335,63 @@ def test_command_line_serves_a_script(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_dry_run_of_the_cli_through_the_mock_server(tmp_path: Path, monkeypatch) -> None:
+    """The whole pipeline over HTTP with the real OpenAI client: no key, no cost."""
+    from typer.testing import CliRunner
+
+    from langgraph_taskcraft.cli import app
+    from langgraph_taskcraft.nodes.atomic import Conclusions, FormedQuestion
+    from langgraph_taskcraft.nodes.verifier import AnswerJudgement
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    question = "In what year was the Eiffel Tower completed?"
+    conclusions = {"answer": "1889", "relation": "year the tower was completed"}
+    rules = [
+        Rule(
+            rf"\[tools\] {Conclusions.__name__}",
+            tool_call(Conclusions.__name__, identifier="Eiffel Tower", conclusions=[conclusions]),
+        ),
+        Rule(
+            rf"\[tools\] {FormedQuestion.__name__}",
+            tool_call(FormedQuestion.__name__, question=question, answer="1889"),
+        ),
+        # The model alone does not know (default reply); the judge says so, then accepts the
+        # tool-using agent's answer.
+        Rule(
+            rf"I don't know.*\[tools\] {AnswerJudgement.__name__}",
+            tool_call(AnswerJudgement.__name__, correct=False, reason="No year given."),
+        ),
+        Rule(
+            rf"\[tools\] {AnswerJudgement.__name__}",
+            tool_call(AnswerJudgement.__name__, correct=True, reason="Same year."),
+        ),
+        Rule(r"\[tools\] search", tool_call("search", query="Eiffel Tower"), after_tool=False),
+        Rule(r"\[tools\] search", "1889", after_tool=True),
+    ]
+    document = tmp_path / "eiffel.txt"
+    document.write_text("Eiffel Tower\n\nThe Eiffel Tower in Paris was completed in 1889.\n")
+    out = tmp_path / "out" / "tasks.jsonl"
+    server = MockOpenAIServer(rules=rules, default="I don't know.")
+    with server as base_url:
+        arguments = [
+            "generate",
+            str(document),
+            "--model",
+            "openai:mock-model",
+            "--base-url",
+            base_url,
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "state"),
+            "--no-cache",
+        ]
+        result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    tasks = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(t["question"], t["answer"]) for t in tasks] == [(question, "1889")]
+    roles = [m["role"] for m in tasks[0]["trajectory"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]
+    assert server.stats()["unmatched"] == 0 and server.stats()["replies"] >= 6
