@@ -10,14 +10,15 @@ their checkpoint and retries failed ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -238,14 +239,15 @@ async def run_batch(
     out: Path,
     *,
     concurrency: int = 4,
+    executor: Executor | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> RunSummary:
-    """Run the `taskcraft` graph over every input, resuming whatever an earlier run left."""
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    """Run the `taskcraft` graph over every input, resuming whatever an earlier run left.
 
-    from langgraph_taskcraft.graphs.taskcraft import builder
-
+    `executor` runs the items (default: in this process); this function alone writes the
+    outputs and the ledger, so every executor gets the same resume and no-duplicate guarantees.
+    """
     items = await asyncio.to_thread(plan_work, inputs)
     outputs = await asyncio.to_thread(OutputFiles, out)
     written = await asyncio.to_thread(outputs.written_task_ids)
@@ -255,60 +257,114 @@ async def run_batch(
     summary = RunSummary(items=len(items))
     write_lock = asyncio.Lock()
     slots = asyncio.Semaphore(max(1, concurrency))
+    executor = executor or LocalExecutor(context)
 
-    async with AsyncSqliteSaver.from_conn_string(str(data_dir / "checkpoints.sqlite")) as saver:
-        graph = builder.compile(checkpointer=saver, name="taskcraft")
-
-        async def process(item: WorkItem) -> None:
-            previous = ledger.get(item.key)
-            if previous and previous[0] == "done":
-                result = ItemResult(key=item.key, status="skipped")
-                summary.add(result)
-                if on_result:
-                    on_result(result)
-                return
-            # A failed item is retried in a fresh thread; an interrupted one resumes its own.
-            if previous is None:
-                attempt = 1
-            elif previous[0] == "failed":
-                attempt = previous[1] + 1
-            else:
-                attempt = previous[1]
-            config: dict[str, Any] = {
-                "configurable": {"thread_id": f"{run_id}:{content_id(item.key)}:{attempt}"},
-                "max_concurrency": max(1, context.max_concurrency),
-                "recursion_limit": 50 + 10 * context.target_hops,
-            }
-            async with slots:
-                ledger.set(item.key, "started", attempt)
-                result = await _run_item(graph, item, config, context, on_event)
-            async with write_lock:
-                fresh = [task for task in result.tasks if task.id not in written]
-                written.update(task.id for task in fresh)
-                await asyncio.to_thread(outputs.append, outputs.tasks, fresh)
-                await asyncio.to_thread(outputs.append, outputs.rejected, result.rejected)
-                await asyncio.to_thread(outputs.append, outputs.errors, result.errors)
-                ledger.set(
-                    item.key,
-                    result.status,
-                    attempt,
-                    tasks=len(fresh),
-                    rejected=len(result.rejected),
-                    error=result.message,
-                )
-                result.tasks = fresh
-                summary.add(result)
+    async def process(item: WorkItem) -> None:
+        previous = ledger.get(item.key)
+        if previous and previous[0] == "done":
+            result = ItemResult(key=item.key, status="skipped")
+            summary.add(result)
             if on_result:
                 on_result(result)
+            return
+        # A failed item is retried in a fresh thread; an interrupted one resumes its own.
+        if previous is None:
+            attempt = 1
+        elif previous[0] == "failed":
+            attempt = previous[1] + 1
+        else:
+            attempt = previous[1]
+        config: dict[str, Any] = {
+            "configurable": {"thread_id": f"{run_id}:{content_id(item.key)}:{attempt}"},
+            "max_concurrency": max(1, context.max_concurrency),
+            "recursion_limit": 50 + 10 * context.target_hops,
+        }
+        async with slots:
+            ledger.set(item.key, "started", attempt)
+            result = await executor.run(item, config, on_event)
+        async with write_lock:
+            fresh = [task for task in result.tasks if task.id not in written]
+            written.update(task.id for task in fresh)
+            await asyncio.to_thread(outputs.append, outputs.tasks, fresh)
+            await asyncio.to_thread(outputs.append, outputs.rejected, result.rejected)
+            await asyncio.to_thread(outputs.append, outputs.errors, result.errors)
+            ledger.set(
+                item.key,
+                result.status,
+                attempt,
+                tasks=len(fresh),
+                rejected=len(result.rejected),
+                error=result.message,
+            )
+            result.tasks = fresh
+            summary.add(result)
+        if on_result:
+            on_result(result)
 
-        try:
+    try:
+        async with executor:
             await asyncio.gather(*(process(item) for item in items))
-        finally:
-            ledger.close()
+    finally:
+        ledger.close()
     return summary
 
 
-async def _run_item(
+class Executor(Protocol):
+    """Runs work items' graph threads; entered once around a batch."""
+
+    async def __aenter__(self) -> Executor: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def run(
+        self,
+        item: WorkItem,
+        config: dict[str, Any],
+        on_event: Callable[[str, dict[str, Any]], None] | None,
+    ) -> ItemResult:
+        """Run or resume one item; failures come back as a failed result, never raised."""
+        ...
+
+
+class LocalExecutor:
+    """Runs items in this process, checkpointing each thread in `<data_dir>/checkpoints.sqlite`."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self._stack = contextlib.AsyncExitStack()
+        self._graph: Any = None
+
+    async def __aenter__(self) -> LocalExecutor:
+        self._graph = await self._stack.enter_async_context(checkpointed_graph(self.context))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    async def run(
+        self,
+        item: WorkItem,
+        config: dict[str, Any],
+        on_event: Callable[[str, dict[str, Any]], None] | None,
+    ) -> ItemResult:
+        """Run or resume one item in this process."""
+        return await run_item(self._graph, item, config, self.context, on_event)
+
+
+@contextlib.asynccontextmanager
+async def checkpointed_graph(context: Context) -> AsyncIterator[Any]:
+    """The `taskcraft` graph compiled with the run's SQLite checkpointer."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from langgraph_taskcraft.graphs.taskcraft import builder
+
+    path = Path(context.data_dir) / "checkpoints.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield builder.compile(checkpointer=saver, name="taskcraft")
+
+
+async def run_item(
     graph: Any,
     item: WorkItem,
     config: dict[str, Any],

@@ -25,9 +25,10 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 from pydantic import BaseModel, Field
@@ -55,6 +56,9 @@ from langgraph_taskcraft.records import (
     merge_usage,
 )
 from langgraph_taskcraft.state import TaskBranch
+
+if TYPE_CHECKING:
+    from langgraph_taskcraft.tools import Corpus
 
 SEARCH_KEY = "agent:depth_superset_search"
 SUPERSET_CHECK_KEY = "judge:depth_superset_check"
@@ -202,7 +206,8 @@ def compose_trajectory(
     return messages
 
 
-async def _search_tools(context: Context, documents: Sequence[DocumentRecord]) -> list[Any]:
+async def search_tools(context: Context, documents: Sequence[DocumentRecord]) -> list[BaseTool]:
+    """The backward search's tools: the verifier agent's, without image inspection."""
     from langgraph_taskcraft.tools import build_tools
 
     # Building the tools may read and index a corpus: keep that off the event loop.
@@ -210,12 +215,19 @@ async def _search_tools(context: Context, documents: Sequence[DocumentRecord]) -
     return [tool for tool in tools if tool.name not in _SEARCH_TOOL_EXCLUDED]
 
 
+def local_corpus(tools: Sequence[BaseTool]) -> Corpus | None:
+    """The corpus the local search tool reads (None with web search)."""
+    from langgraph_taskcraft.tools import LocalSearchTool
+
+    return next((tool.corpus for tool in tools if isinstance(tool, LocalSearchTool)), None)
+
+
 async def find_superset(
     task: Task,
     excluded: Iterable[str],
     *,
+    tools: Sequence[BaseTool],
     context: Context,
-    documents: Sequence[DocumentRecord],
     usage: Usage,
 ) -> Superset:
     """Backward search: a tool-using agent run that ends with a `Superset` (stage 1).
@@ -224,17 +236,15 @@ async def find_superset(
         HopRejected: when the agent found nothing or ran out of steps.
     """
     with failures_as("depth_superset_search"):
-        return await _run_superset_agent(
-            task, excluded, context=context, documents=documents, usage=usage
-        )
+        return await _run_superset_agent(task, excluded, tools=tools, context=context, usage=usage)
 
 
 async def _run_superset_agent(
     task: Task,
     excluded: Iterable[str],
     *,
+    tools: Sequence[BaseTool],
     context: Context,
-    documents: Sequence[DocumentRecord],
     usage: Usage,
 ) -> Superset:
     from langchain.agents import create_agent
@@ -244,7 +254,7 @@ async def _run_superset_agent(
     max_steps = max(1, int(context.agent_max_steps))
     agent = create_agent(
         chat_model(context, "agent"),
-        await _search_tools(context, documents),
+        list(tools),
         system_prompt=load("depth_superset_search_system").strip(),
         response_format=ToolStrategy(Superset),
         middleware=[ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")],
@@ -278,20 +288,70 @@ async def _run_superset_agent(
     return superset
 
 
+def evidence_passage(text: str, names: Sequence[str], max_chars: int = 600) -> str:
+    """The sentences of `text` that name the most of `names` (in text order), within a budget."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+    scored = [
+        (sum(answer_in_question(name, s) for name in names), i) for i, s in enumerate(sentences)
+    ]
+    best = max((score for score, _ in scored), default=0)
+    chosen = [i for score, i in scored if score == best and score > 0]
+    passage = ""
+    for index in chosen:
+        if passage and len(passage) + len(sentences[index]) + 1 > max_chars:
+            break
+        passage = f"{passage} {sentences[index]}".strip()
+    return passage[:max_chars]
+
+
+def ground_superset(task: Task, superset: Superset, corpus: Corpus | None) -> Superset:
+    """Check the evidence against the local corpus and quote what the document really says.
+
+    The evidence (else the superset's title) must be a document of the corpus that names both
+    the superset and the current identifier: the superset's own page that mentions the
+    identifier, or the identifier's page that names the superset. Its real sentences replace
+    the agent's quote, so the judge never rules on an invented one. With web search (no local
+    corpus) the agent's evidence is kept as given.
+
+    Raises:
+        HopRejected: `evidence_not_found` or `evidence_unrelated`.
+    """
+    if corpus is None:
+        return superset
+    stage = "depth_superset_check"
+    document = corpus.resolve(superset.evidence) if superset.evidence.strip() else None
+    if document is None:
+        document = corpus.resolve(superset.identifier)
+    if document is None:
+        raise HopRejected(stage, "evidence_not_found", superset.evidence or superset.identifier)
+    page = f"{document.title}. {document.text}"
+    if not (
+        names_identifier(page, task.identifier) and names_identifier(page, superset.identifier)
+    ):
+        detail = f"{document.id} does not name both {superset.identifier!r} and {task.identifier!r}"
+        raise HopRejected(stage, "evidence_unrelated", detail)
+    names = [*identifier_names(task.identifier), *identifier_names(superset.identifier)]
+    quote = evidence_passage(document.text, names) or evidence_passage(page, names)
+    return superset.model_copy(update={"evidence": document.id, "quote": quote})
+
+
 async def check_superset(
     task: Task,
     superset: Superset,
     rejected: Iterable[str] = (),
     *,
+    corpus: Corpus | None = None,
     context: Context,
     usage: Usage,
-) -> None:
-    """Validity check of a superset: programmatic guards, then the judge (stage 2).
+) -> Superset:
+    """Validity check of a superset: programmatic guards, the evidence, then the judge (stage 2).
+
+    Returns the superset with its evidence grounded in the local corpus (see `ground_superset`).
 
     Raises:
         HopRejected: when the superset is the identifier itself, the answer or an identifier
             already in the chain (the chain would be circular), a superset this hop already
-            rejected, or the judge finds it invalid.
+            rejected, not backed by a corpus document, or the judge finds it invalid.
     """
     stage = "depth_superset_check"
     name = superset.identifier
@@ -301,6 +361,9 @@ async def check_superset(
         raise HopRejected(stage, "cycle", name)
     if any(_same(name, earlier) for earlier in rejected):
         raise HopRejected(stage, "already_rejected", name)
+    with failures_as(stage):
+        # Reading the corpus may load it from disk on first use.
+        superset = await asyncio.to_thread(ground_superset, task, superset, corpus)
     prompt = render(
         "depth_superset_check",
         identifier=task.identifier,
@@ -324,6 +387,7 @@ async def check_superset(
         raise HopRejected(stage, "not_superset", verdict.reason)
     if not verdict.unique:
         raise HopRejected(stage, "not_unique", verdict.reason)
+    return superset
 
 
 async def intermediate_task(
@@ -515,11 +579,20 @@ async def attempt_hop(
     later stage failed, since the intermediate question or the merge may succeed next time.
     """
     excluded = [task.identifier, *(step.identifier for step in task.chain), *rejected_supersets]
+    with failures_as("depth_superset_search"):
+        tools = await search_tools(context, documents)
     superset = await find_superset(
-        task, dict.fromkeys(excluded), context=context, documents=documents, usage=usage
+        task, dict.fromkeys(excluded), tools=tools, context=context, usage=usage
     )
     try:
-        await check_superset(task, superset, rejected_supersets, context=context, usage=usage)
+        superset = await check_superset(
+            task,
+            superset,
+            rejected_supersets,
+            corpus=local_corpus(tools),
+            context=context,
+            usage=usage,
+        )
     except HopRejected:
         # An invalid superset: the next search is told to look elsewhere.
         rejected_supersets.append(superset.identifier)

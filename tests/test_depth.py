@@ -34,8 +34,8 @@ from tests.fakes import Rule, ScriptedChatModel, structured, tool_call, transcri
 # ----------------------------------------------------------------------------- scripted world
 
 LIGHTHOUSE_TEXT = (
-    "Zorblat Lighthouse\n\nThe Zorblat Lighthouse stands on the northern cape of Kelvar Island. "
-    "It was first lit in 1887 and is built of grey granite."
+    "Zorblat Lighthouse\n\nThe Zorblat Lighthouse (locally called Zorblat Light) stands on the "
+    "northern cape of Kelvar Island. It was first lit in 1887 and is built of grey granite."
 )
 ISLAND_TEXT = (
     "Kelvar Island\n\nKelvar Island is the largest island of the Brask Archipelago. Its only "
@@ -279,12 +279,17 @@ def install(monkeypatch: pytest.MonkeyPatch) -> Callable[[World], dict[str, Scri
 
 
 def make_context(tmp_path: Path, **overrides: Any) -> Context:
+    """A context naming this module's models; the local search reads the lighthouse corpus
+    (written to `tmp_path`) unless `corpus_path` is given."""
+    if "corpus_path" not in overrides:
+        corpus = tmp_path / "corpus.jsonl"
+        write_corpus(corpus)
+        overrides["corpus_path"] = str(corpus)
     values: dict[str, Any] = {
         "generator_model": "tests.test_depth:generator",
         "agent_model": "tests.test_depth:agent",
         "judge_model": "tests.test_depth:judge",
         "search_backend": "local",
-        "corpus_path": "",
         "data_dir": str(tmp_path / "data"),
         "target_hops": 2,
         "extension_strategy": "depth",
@@ -473,7 +478,11 @@ async def test_invalid_superset_is_rejected_by_the_judge(tmp_path, install) -> N
             superset("Sorrel Sea", "a lighthouse in the Sorrel Sea", "sorrel-sea"),
             times=1,
         ),
-        Rule(SUPERSET_SEARCH, superset("Zorblat Light", "also called"), times=1),
+        Rule(
+            SUPERSET_SEARCH,
+            superset("Zorblat Light", "also called", "zorblat-lighthouse"),
+            times=1,
+        ),
     ]
     world.judge_rules = [
         Rule(SUPERSET_CHECK + r".*Proposed superset: Sorrel Sea", superset_verdict(unique=False)),
@@ -804,7 +813,8 @@ def write_corpus(path: Path) -> dict[str, str]:
         ),
         (
             "sorrel-sea",
-            "Sorrel Sea\n\nThe Sorrel Sea is a shallow sea known for its fisheries and ferries.",
+            "Sorrel Sea\n\nThe Sorrel Sea is a shallow sea known for its fisheries. Lighthouses "
+            "on its coasts include the Zorblat Lighthouse and Harrow Point Light.",
         ),
     ]
     ids: dict[str, str] = {}
