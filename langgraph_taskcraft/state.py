@@ -72,3 +72,4 @@ class WidthBranch:
     """Payload of one width merge: the verified tasks to combine."""
 
     members: list[Task]
+    documents: list[DocumentRecord] = field(default_factory=list)

@@ -20,12 +20,12 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.messages.content import create_image_block
 from langgraph.runtime import Runtime
-from langgraph_taskcraft.nodes.normalise import answer_in_question, answer_key, normalise_answer
-from langgraph_taskcraft.prompts import render
 from pydantic import BaseModel, Field, field_validator
 
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.llm import LLMOutputInvalid, ainvoke_structured, chat_model
+from langgraph_taskcraft.nodes.normalise import answer_in_question, answer_key, normalise_answer
+from langgraph_taskcraft.prompts import render
 from langgraph_taskcraft.records import (
     Candidate,
     DocumentError,

@@ -694,7 +694,15 @@ async def depth_hop(
             "usage": merge_usage(task.usage, usage),
         }
     )
-    emit(runtime, "depth_hop", "accepted", id=deeper.id, hops=deeper.hops, question=deeper.question)
+    emit(
+        runtime,
+        "depth_hop",
+        "accepted",
+        id=deeper.id,
+        parent=task.id,
+        hops=deeper.hops,
+        question=deeper.question,
+    )
     if next_extension(deeper, context) == "depth_hop":
         return Command(
             update={"usage": usage},

@@ -60,4 +60,7 @@ def plan_width_merges(state: TaskcraftState, runtime: Runtime[Context]) -> list[
     groups = width_groups(state.tasks, runtime.context)
     if not groups:
         return END
-    return [Send("width_merge", WidthBranch(members=group)) for group in groups]
+    return [
+        Send("width_merge", WidthBranch(members=group, documents=state.documents))
+        for group in groups
+    ]

@@ -7,11 +7,11 @@ from typing import Literal
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
-from langgraph_taskcraft.events import emit
-from langgraph_taskcraft.records import Candidate, Rejection, Task, Verification
 from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.events import emit
 from langgraph_taskcraft.nodes.difficulty import next_extension
 from langgraph_taskcraft.nodes.verifier import rejection_detail, verify
+from langgraph_taskcraft.records import Candidate, Rejection, Task, Verification
 from langgraph_taskcraft.state import CandidateBranch, TaskBranch
 
 

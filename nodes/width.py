@@ -247,7 +247,7 @@ async def width_merge(state: WidthBranch, runtime: Runtime[Context]) -> dict[str
     context = runtime.context
     members = list(state.members)
     # The run's documents, for the optional final verification's local search.
-    documents: Sequence[DocumentRecord] = getattr(state, "documents", None) or ()
+    documents: Sequence[DocumentRecord] = state.documents
     group_id = content_id("width", *(member.id for member in members))
     usage: Usage = {}
     rejections: list[Rejection] = []

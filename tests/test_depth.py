@@ -7,6 +7,7 @@ lighthouse through Kelvar Island, hop 3 describes the island through the Brask A
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -258,6 +259,26 @@ def lighthouse_world() -> World:
             HOP3_MERGED: "1887",
         },
     )
+
+
+@functools.cache
+def _lighthouse_models() -> dict[str, ScriptedChatModel]:
+    return lighthouse_world().models()
+
+
+def lighthouse_generator() -> ScriptedChatModel:
+    """The lighthouse world's generator, for processes that cannot install one (a server)."""
+    return _lighthouse_models()["generator"]
+
+
+def lighthouse_agent() -> ScriptedChatModel:
+    """The lighthouse world's agent model, for processes that cannot install one (a server)."""
+    return _lighthouse_models()["agent"]
+
+
+def lighthouse_judge() -> ScriptedChatModel:
+    """The lighthouse world's judge, for processes that cannot install one (a server)."""
+    return _lighthouse_models()["judge"]
 
 
 def installer(monkeypatch: pytest.MonkeyPatch) -> Callable[[World], dict[str, ScriptedChatModel]]:
@@ -534,6 +555,49 @@ async def test_superset_equal_to_identifier_or_answer_is_rejected_without_the_ju
         ("depth_superset_check", "cycle"),
     ]
     assert len(prompts(models["judge"], SUPERSET_CHECK)) == 1  # only the valid one was judged
+
+
+@pytest.mark.parametrize(
+    ("proposal", "reason"),
+    [
+        (superset("Foggy Bank", "the bank beside it", "foggy-bank"), "evidence_not_found"),
+        (
+            # A real page, but it names neither the lighthouse nor anything that contains it.
+            superset("Harrow Point Light", "the light across the bay", "harrow-point-light"),
+            "evidence_unrelated",
+        ),
+    ],
+)
+async def test_superset_not_backed_by_the_corpus_is_rejected_without_the_judge(
+    tmp_path, install, proposal: AIMessage, reason: str
+) -> None:
+    world = lighthouse_world()
+    world.agent_rules.insert(0, Rule(SUPERSET_SEARCH, proposal, times=1))
+    models = install(world)
+    command, _ = await run_hop(atomic_task(), make_context(tmp_path))
+    task = left_task(command)
+    assert task.identifier == "Kelvar Island"
+    assert [(r.stage, r.reason) for r in task.failed_attempts] == [("depth_superset_check", reason)]
+    assert len(prompts(models["judge"], SUPERSET_CHECK)) == 1  # only Kelvar Island was judged
+
+
+async def test_judge_sees_the_corpus_sentences_not_the_agents_quote(tmp_path, install) -> None:
+    world = lighthouse_world()
+    # No evidence id (found by title instead) and an invented quote.
+    world.agent_rules.insert(
+        0,
+        Rule(
+            SUPERSET_SEARCH,
+            superset("Kelvar Island", "the only lighthouse on Kelvar Island", "", "INVENTED"),
+        ),
+    )
+    models = install(world)
+    command, _ = await run_hop(atomic_task(), make_context(tmp_path))
+    task = left_task(command)
+    assert task.chain[0].evidence == "kelvar-island"
+    [check] = prompts(models["judge"], SUPERSET_CHECK)
+    assert "Its only lighthouse is the Zorblat Lighthouse on the northern cape." in check
+    assert "INVENTED" not in check
 
 
 async def test_search_that_finds_nothing_is_a_failed_attempt(tmp_path, install) -> None:
@@ -828,14 +892,18 @@ def write_corpus(path: Path) -> dict[str, str]:
 
 def search_superset(messages: list[BaseMessage]) -> AIMessage:
     """A backward-search agent that really reads its search results: first it searches for the
-    identifier, then it returns the first OTHER page whose snippet mentions it."""
+    identifier, then it returns the first other page (not excluded by the prompt) whose snippet
+    mentions it."""
     identifier = _field(r"Identifier: (.*?)\n", first_human(messages))
     results = [m.text for m in messages if isinstance(m, ToolMessage)]
     if not results:
         return tool_call("search", query=identifier)
+    excluded = re.findall(r"^- (.*)$", first_human(messages), re.M)
     for line in results[-1].splitlines():
         match = re.match(r"\[(?P<id>[^\]]+)\] (?P<title>.*?) — (?P<snippet>.*)", line)
-        if match and match["title"] != identifier and identifier in match["snippet"]:
+        if not match or match["title"] == identifier or match["title"] in excluded:
+            continue
+        if identifier in match["snippet"]:
             sentence = next(s for s in match["snippet"].split(". ") if identifier in s)
             return superset(
                 match["title"],

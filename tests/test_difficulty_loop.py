@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 from typing import Any
 
@@ -32,6 +33,7 @@ from tests.test_depth import (
     prompts,
     superset,
 )
+from tests.test_server import server_url  # noqa: F401 - the `langgraph dev` fixture
 from tests.test_width import DECOMPOSE, WIDTH_MERGE, decompose, write_merged
 
 
@@ -180,6 +182,21 @@ def registry_world(*bases: str) -> World:
     return world
 
 
+def registry_context(tmp_path, **overrides: Any) -> Context:
+    """A context whose local search reads the lighthouses and 60 registries of each."""
+    corpus = tmp_path / "registries.jsonl"
+    lines = []
+    for base, (title, sentence, _) in LIGHTHOUSES.items():
+        lines.append({"id": title.lower().replace(" ", "-"), "title": title, "text": sentence})
+        for level in range(1, 61):
+            name = f"{base} Registry {level}"
+            listed = title if level == 1 else f"{base} Registry {level - 1}"
+            text = f"{name} is a register of coastal works. It lists {listed} first."
+            lines.append({"id": name.lower().replace(" ", "-"), "title": name, "text": text})
+    corpus.write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
+    return make_context(tmp_path, corpus_path=str(corpus), **overrides)
+
+
 def texts(*bases: str) -> list[str]:
     return [f"{LIGHTHOUSES[b][0]}\n\n{LIGHTHOUSES[b][1]}" for b in bases]
 
@@ -192,7 +209,9 @@ async def run_bounded(inputs: dict[str, Any], context: Context) -> dict[str, Any
 
 async def test_hops_stop_at_the_target_even_when_supersets_never_run_out(tmp_path, install) -> None:
     models = install(registry_world("Zorblat"))
-    result = await run_bounded({"texts": texts("Zorblat")}, make_context(tmp_path, target_hops=5))
+    result = await run_bounded(
+        {"texts": texts("Zorblat")}, registry_context(tmp_path, target_hops=5)
+    )
     [task_] = result["tasks"]
     assert task_.hops == 5 and task_.difficulty == 5 and task_.kind == "depth"
     assert task_.identifier == "Zorblat Registry 4"
@@ -231,7 +250,7 @@ async def test_no_model_reply_keeps_the_loop_going(tmp_path, install, adversary:
     else:
         world.agent_rules = [Rule(SUPERSET_SEARCH, superset("Zorblat Lighthouse", "itself"))]
     models = install(world)
-    context = make_context(tmp_path, target_hops=50, max_hop_attempts=3, agent_max_steps=4)
+    context = registry_context(tmp_path, target_hops=50, max_hop_attempts=3, agent_max_steps=4)
 
     result = await run_bounded({"texts": texts("Zorblat")}, context)
 
@@ -253,7 +272,7 @@ async def test_strategy_both_deepens_then_merges(tmp_path, install) -> None:
     world.generator_rules.insert(0, Rule(WIDTH_MERGE, write_merged))
     world.judge_rules.insert(0, Rule(DECOMPOSE, decompose))
     install(world)
-    context = make_context(tmp_path, extension_strategy="both", target_hops=2, target_width=2)
+    context = registry_context(tmp_path, extension_strategy="both", target_hops=2, target_width=2)
     events: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     async with asyncio.timeout(60):
@@ -282,3 +301,54 @@ async def test_strategy_both_deepens_then_merges(tmp_path, install) -> None:
     stages = [e["stage"] for e in events]
     last_hop = max(i for i, s in enumerate(stages) if s == "depth_hop")
     assert last_hop < stages.index("collect") < stages.index("width_merge")
+
+
+@pytest.mark.server
+async def test_langgraph_dev_runs_the_depth_loop(server_url: str, tmp_path) -> None:  # noqa: F811
+    from langgraph_sdk import get_client
+
+    from tests.test_depth import HOP3_MERGED, LIGHTHOUSE_TEXT, write_corpus
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus)
+    context: dict[str, Any] = {
+        "generator_model": "tests.test_depth:lighthouse_generator",
+        "agent_model": "tests.test_depth:lighthouse_agent",
+        "judge_model": "tests.test_depth:lighthouse_judge",
+        "corpus_path": str(corpus),
+        "data_dir": str(tmp_path / "data"),
+        "target_hops": 3,
+        "structured_output_retries": 0,
+    }
+    client = get_client(url=server_url)
+    assistant = next(
+        a for a in await client.assistants.search(limit=20) if a["graph_id"] == "taskcraft"
+    )
+    drawing = await client.assistants.get_graph(assistant["assistant_id"])
+    edges = {(edge["source"], edge["target"]) for edge in drawing["edges"]}
+    assert {("depth_hop", "depth_hop"), ("depth_hop", "collect")} <= edges
+
+    thread = await client.threads.create()
+    inputs: dict[str, Any] = {"texts": [LIGHTHOUSE_TEXT]}
+    events = [
+        part.data
+        async for part in client.runs.stream(
+            thread["thread_id"],
+            "taskcraft",
+            input=inputs,
+            context=context,
+            stream_mode="custom",
+        )
+        if part.event == "custom"
+    ]
+    hops = [e["hops"] for e in events if e["stage"] == "depth_hop" and e["status"] == "accepted"]
+    assert hops == [2, 3]
+    state = await client.threads.get_state(thread["thread_id"])
+    values: Any = state["values"]
+    [task] = values["tasks"]
+    assert task["question"] == HOP3_MERGED and task["hops"] == 3
+    assert [step["answer"] for step in task["chain"]] == [
+        "Kelvar Island",
+        "Zorblat Lighthouse",
+        "1887",
+    ]

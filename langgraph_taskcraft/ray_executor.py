@@ -1,0 +1,303 @@
+"""Run a batch's documents on Ray (a local Ray by default, or a cluster at `address`).
+
+`RayExecutor` plugs into `run_batch` like `LocalExecutor`: the driver still plans the work,
+writes every output file and keeps the ledger, so resume, no-duplicate and dedup guarantees do
+not depend on the executor. Only the graph runs remotely.
+
+Items go to a pool of Ray actors (`ItemWorker`, one per CPU by default). Each actor is an async
+Ray actor: it keeps one event loop, one compiled graph on the SQLite checkpointer in
+`<data_dir>/checkpoints.sqlite`, and one set of LLM clients for its whole life, and runs up to
+`items_per_worker` items at once. Documents are I/O-bound (waiting for LLM replies), so a few
+processes each with many items in flight use the cluster far better than one process per
+document, and connection pools are not rebuilt per document. Each item is one actor task
+(`ItemWorker.run`): a streaming generator that yields the graph's progress events, then the
+`ItemResult`. A worker that dies (out of memory, a crashed node) is restarted by Ray and its
+items are retried there; they resume from their last checkpoint.
+
+Workers are set up like the driver: same working directory (relative input paths resolve the
+same way), the driver's own source folders on `sys.path` (model specs such as
+`tests.scenario:MODEL` import), and the driver's LLM cache (`set_llm_cache`) when one is set.
+Provider API keys must be in the workers' environment: for a local Ray, the driver's
+environment when Ray starts; otherwise pass them with `runtime_env={"env_vars": {...}}` or set
+them on the cluster.
+
+On a multi-node cluster `data_dir` must be a folder every node reaches at the same path (a
+shared filesystem), as the checkpoints and the LLM cache are SQLite files in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sys
+import sysconfig
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.runner import ItemResult, WorkItem, checkpointed_graph, run_item
+
+RAY_MISSING = (
+    "the Ray executor needs Ray: pip install 'ray>=2.40' (or the package's `ray` extra: "
+    "pip install 'langgraph-taskcraft[ray]')"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker process needs to behave like the driver."""
+
+    working_dir: str
+    python_paths: tuple[str, ...] = ()
+    llm_cache_path: str | None = None  # a SQLiteCache's database
+    llm_cache: Any = None  # any other (picklable) LangChain cache
+
+
+def _installed_locations() -> list[Path]:
+    """Folders of the interpreter's standard library and installed packages."""
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    return [Path(p).resolve() for p in {sysconfig.get_path(n) for n in names} if p]
+
+
+def _source_paths() -> tuple[str, ...]:
+    """The driver's `sys.path` folders that hold its own code (not the installed packages)."""
+    installed = _installed_locations()
+    paths = []
+    for entry in sys.path:
+        path = Path(entry or os.getcwd()).resolve()
+        if not path.is_dir() or "site-packages" in path.parts or "dist-packages" in path.parts:
+            continue
+        if any(path == place or place in path.parents for place in installed):
+            continue
+        paths.append(str(path))
+    return tuple(dict.fromkeys(paths))
+
+
+def _driver_llm_cache() -> tuple[str | None, Any]:
+    """The driver's global LLM cache: a SQLite path to reopen, or an object to ship."""
+    from langchain_core.globals import get_llm_cache
+
+    cache = get_llm_cache()
+    if cache is None:
+        return None, None
+    with contextlib.suppress(ImportError):
+        from langchain_community.cache import SQLiteCache
+
+        if isinstance(cache, SQLiteCache):
+            database = cache.engine.url.database
+            return (str(Path(database).resolve()) if database else None), None
+    return None, cache
+
+
+def worker_context(context: Context, workers: int) -> Context:
+    """The context workers run with: absolute paths, the request budget split among workers."""
+    changes: dict[str, Any] = {"data_dir": str(Path(context.data_dir).resolve())}
+    if context.corpus_path and "://" not in context.corpus_path:
+        changes["corpus_path"] = str(Path(context.corpus_path).resolve())
+    if context.requests_per_minute > 0:
+        # Each process has its own rate limiter; together they keep to the configured rate.
+        changes["requests_per_minute"] = context.requests_per_minute / max(1, workers)
+    return dataclasses.replace(context, **changes)
+
+
+class ItemWorker:
+    """A Ray actor that runs work items' graph threads (see the module docstring)."""
+
+    def __init__(self, context: Context, setup: WorkerSetup) -> None:
+        self.context = context
+        with contextlib.suppress(OSError):  # a node without the driver's folder keeps its own
+            os.chdir(setup.working_dir)
+        sys.path.extend(p for p in setup.python_paths if p not in sys.path)
+        if setup.llm_cache_path or setup.llm_cache is not None:
+            from langchain_core.globals import set_llm_cache
+
+            cache = setup.llm_cache
+            if setup.llm_cache_path:
+                from langchain_community.cache import SQLiteCache
+
+                cache = SQLiteCache(database_path=setup.llm_cache_path)
+            set_llm_cache(cache)
+        self._stack = contextlib.AsyncExitStack()
+        self._graph: Any = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _compiled_graph(self) -> Any:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._graph is None:
+                self._graph = await self._stack.enter_async_context(
+                    checkpointed_graph(self.context)
+                )
+        return self._graph
+
+    async def run(
+        self, item: WorkItem, config: dict[str, Any], with_events: bool
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Run or resume one item: yields `("event", chunk)`s, then `("result", ItemResult)`."""
+        stream: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def on_event(_key: str, chunk: dict[str, Any]) -> None:
+            stream.put_nowait(("event", chunk))
+
+        async def run() -> None:
+            try:
+                graph = await self._compiled_graph()
+                result = await run_item(
+                    graph, item, config, self.context, on_event if with_events else None
+                )
+            except Exception as exc:  # e.g. the data folder is not reachable from this node
+                message = f"worker failed: {type(exc).__name__}: {exc}"
+                result = ItemResult(key=item.key, status="failed", message=message)
+            stream.put_nowait(("result", result))
+
+        task = asyncio.ensure_future(run())
+        try:
+            while True:
+                kind, value = await stream.get()
+                yield kind, value
+                if kind == "result":
+                    return
+        finally:
+            task.cancel()
+
+    async def close(self) -> None:
+        """Close the checkpointer's connection."""
+        await self._stack.aclose()
+        self._graph = None
+
+
+class RayExecutor:
+    """Runs a batch's items on Ray; outputs and the ledger stay with the driver (`run_batch`).
+
+    Args:
+        context: the run's configuration (shipped to every worker).
+        address: Ray cluster to attach to (`auto`, `ray://host:10001`, `host:6379`); None starts
+            a local Ray, unless this process already has one.
+        num_cpus: CPUs of the local Ray that is started (default: all).
+        workers: worker actors (default: one per CPU of the cluster).
+        items_per_worker: items one worker runs at once (they wait on LLM replies).
+        runtime_env: Ray runtime environment of the workers, e.g. `{"env_vars": {...}}`.
+        init_options: more keyword arguments for `ray.init` (e.g. `_temp_dir`,
+            `object_store_memory`).
+    """
+
+    def __init__(
+        self,
+        context: Context,
+        *,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        workers: int | None = None,
+        items_per_worker: int = 16,
+        runtime_env: Mapping[str, Any] | None = None,
+        init_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.context = context
+        self.address = address
+        self.num_cpus = num_cpus
+        self.workers = workers
+        self.items_per_worker = max(1, items_per_worker)
+        self.runtime_env = dict(runtime_env or {})
+        self.init_options = dict(init_options or {})
+        self._started_ray = False
+        self._actors: list[Any] = []
+        self._in_flight: list[int] = []
+
+    async def __aenter__(self) -> RayExecutor:
+        try:
+            import ray
+        except ImportError as exc:
+            raise RuntimeError(RAY_MISSING) from exc
+        if not ray.is_initialized():
+            options: dict[str, Any] = {
+                "address": self.address,
+                "ignore_reinit_error": True,
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": False,
+                **self.init_options,
+            }
+            if self.address is None and self.num_cpus is not None:
+                options["num_cpus"] = self.num_cpus
+            # In this thread: Ray installs its SIGTERM handler only from the main thread, and
+            # nothing else runs on the loop before the workers start.
+            ray.init(**options)
+            self._started_ray = True
+        try:
+            await self._start_workers(ray)
+        except BaseException:
+            await self.__aexit__(*sys.exc_info())
+            raise
+        return self
+
+    async def _start_workers(self, ray: Any) -> None:
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        count = self.workers or max(1, int(cpus))
+        cache_path, cache = await asyncio.to_thread(_driver_llm_cache)
+        setup = WorkerSetup(
+            working_dir=os.getcwd(),
+            python_paths=_source_paths(),
+            llm_cache_path=cache_path,
+            llm_cache=cache,
+        )
+        actor_class = ray.remote(ItemWorker).options(
+            num_cpus=min(1.0, cpus / count),
+            max_concurrency=self.items_per_worker,
+            max_restarts=2,
+            max_task_retries=2,
+            runtime_env=self.runtime_env or None,
+        )
+        context = worker_context(self.context, count)
+        self._actors = [actor_class.remote(context, setup) for _ in range(count)]
+        self._in_flight = [0] * count
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        import ray
+
+        actors, self._actors = self._actors, []
+        with contextlib.suppress(Exception):
+            closing = [actor.close.remote() for actor in actors]
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), timeout=10)
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        if self._started_ray:
+            self._started_ray = False
+            await asyncio.to_thread(ray.shutdown)
+
+    async def run(
+        self,
+        item: WorkItem,
+        config: dict[str, Any],
+        on_event: Callable[[str, dict[str, Any]], None] | None,
+    ) -> ItemResult:
+        """Run or resume one item on the least busy worker; failures come back as a result."""
+        if not self._actors:
+            raise RuntimeError("RayExecutor.run called outside `async with executor`")
+        index = min(range(len(self._actors)), key=self._in_flight.__getitem__)
+        self._in_flight[index] += 1
+        result: ItemResult | None = None
+        try:
+            stream = (
+                self._actors[index]
+                .run.options(num_returns="streaming")
+                .remote(item, config, on_event is not None)
+            )
+            async for reference in stream:
+                kind, value = await reference
+                if kind == "event" and on_event is not None:
+                    on_event(item.key, value)
+                elif kind == "result":
+                    result = value
+        except Exception as exc:  # a lost worker or node: the item is retried on the next run
+            message = f"Ray worker failed: {type(exc).__name__}: {exc}"
+            return ItemResult(key=item.key, status="failed", message=message[:2000])
+        finally:
+            self._in_flight[index] -= 1
+        if result is None:
+            return ItemResult(key=item.key, status="failed", message="Ray worker returned nothing")
+        return result
