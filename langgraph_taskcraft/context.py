@@ -83,6 +83,21 @@ class Context:
             "0 means unlimited."
         },
     )
+    tokens_per_minute: float = field(
+        default=0.0,
+        metadata={
+            "description": "Tokens per minute (input and output) allowed across all roles in a "
+            "batch run: each request waits for its estimated prompt size in a shared token "
+            "bucket, corrected with the reported usage; 0 means unlimited."
+        },
+    )
+    max_llm_calls: int = field(
+        default=0,
+        metadata={
+            "description": "LLM requests in flight at once across all documents and roles in a "
+            "batch run (per process); 0 means unlimited."
+        },
+    )
     structured_output_retries: int = field(
         default=2,
         metadata={

@@ -92,14 +92,25 @@ def _driver_llm_cache() -> tuple[str | None, Any]:
     return None, cache
 
 
+# Budgets that a process enforces on its own (rate limiters, a semaphore on LLM calls): each of
+# `n` workers gets 1/n of them, so that together they keep to the configured totals.
+_SHARED_RATES = ("requests_per_minute", "tokens_per_minute")
+_SHARED_COUNTS = ("max_llm_calls",)
+
+
 def worker_context(context: Context, workers: int) -> Context:
-    """The context workers run with: absolute paths, the request budget split among workers."""
+    """The context workers run with: absolute paths, the run's budgets split among workers."""
+    workers = max(1, workers)
+    names = {f.name for f in dataclasses.fields(context)}
     changes: dict[str, Any] = {"data_dir": str(Path(context.data_dir).resolve())}
     if context.corpus_path and "://" not in context.corpus_path:
         changes["corpus_path"] = str(Path(context.corpus_path).resolve())
-    if context.requests_per_minute > 0:
-        # Each process has its own rate limiter; together they keep to the configured rate.
-        changes["requests_per_minute"] = context.requests_per_minute / max(1, workers)
+    for name in names.intersection(_SHARED_RATES):
+        if getattr(context, name) > 0:
+            changes[name] = getattr(context, name) / workers
+    for name in names.intersection(_SHARED_COUNTS):
+        if getattr(context, name) > 0:
+            changes[name] = max(1, getattr(context, name) // workers)
     return dataclasses.replace(context, **changes)
 
 

@@ -537,7 +537,8 @@ def deepened_task(
             "relation": superset.relation,
             # This hop verified the new sub-task; the final question's own run, if requested,
             # is `final_verification`.
-            "verification": intermediate,
+            # Its trajectory is already the chain's first step: stored once.
+            "verification": intermediate.model_copy(update={"trajectory": []}),
             "trajectory": compose_trajectory(merged_question, task.answer, chain),
             "chain": chain,
             "final_verification": None,

@@ -27,7 +27,8 @@ def task_from(candidate: Candidate, verification: Verification) -> Task:
         relation=candidate.relation,
         source=candidate.source,
         document_id=candidate.document_id,
-        verification=verification,
+        # The trajectory is kept once, at the top of the record (it is large).
+        verification=verification.model_copy(update={"trajectory": []}),
         trajectory=verification.trajectory,
         usage=verification.usage,
     )

@@ -302,3 +302,18 @@ SCRIPTED_MODELS: dict[str, str] = {
     "judge_model": "tests.scenario_mock:JUDGE",
 }
 """Context fields selecting the scripted models."""
+
+
+_GENERATED_ID = re.compile(r'"(?:call|run|chatcmpl)[-_][0-9a-f]{8,}"')
+
+
+def comparable_records(path: Path) -> list[str]:
+    """A JSONL file's records, sorted, with generated tool-call and message ids masked.
+
+    Clients and fakes mint those ids per reply, so two runs that did the same work differ only
+    there; everything else (ids, questions, answers, trajectories, usage) must be equal.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return sorted(_GENERATED_ID.sub('"<generated id>"', line) for line in lines if line.strip())
