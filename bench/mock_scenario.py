@@ -41,12 +41,16 @@ from tests.mock_openai_server import (  # noqa: E402
     transcript_of,
 )
 
-SYLLABLES = (
-    "ka ver lo mi den sa tor vel ri an bo zel ur qua fen dri mo sel ta rin go hal ne pe"
-).split()
+SYLLABLES: tuple[str, ...] = tuple(
+    "ka ver lo mi den sa tor vel ri an bo zel ur qua fen dri mo sel ta rin go hal ne pe".split()  # noqa: SIM905
+)
 KINDS = ("Observatory", "Library", "Museum", "Conservatory", "Herbarium", "Academy")
-FIRST_NAMES = "Tamsin Oren Ilse Bartholomew Noor Casimir Edda Joaquim Wren Leopold Sunniva".split()
-SURNAMES = "Oduya Varga Lindqvist Achterberg Moreau Kovalenko Ferreira Halloran Szabo".split()
+FIRST_NAMES: tuple[str, ...] = tuple(
+    "Tamsin Oren Ilse Bartholomew Noor Casimir Edda Joaquim Wren Leopold Sunniva".split()  # noqa: SIM905
+)
+SURNAMES: tuple[str, ...] = tuple(
+    "Oduya Varga Lindqvist Achterberg Moreau Kovalenko Ferreira Halloran Szabo".split()  # noqa: SIM905
+)
 
 DOCUMENT_PATTERN = re.compile(
     r"The (?P<name>.+?) was founded by (?P<founder>.+?)\. Its main building was completed in "

@@ -115,10 +115,17 @@ def chat_model(context: Context, role: Role) -> BaseChatModel:
 
 
 def record_usage(usage: Usage, key: str, message: BaseMessage | None) -> None:
-    """Count one call (and its tokens, when the provider reports them) under `key`."""
+    """Count one call (and its tokens, when the provider reports them) under `key`.
+
+    A reply served by LangChain's LLM cache (which marks it with `total_cost: 0`) counts as a
+    cached call: its tokens were paid for by the run that cached it.
+    """
     entry = usage.setdefault(key, TokenUsage())
     entry.calls += 1
     metadata = getattr(message, "usage_metadata", None) or {}
+    if metadata.get("total_cost") == 0:
+        entry.cached_calls += 1
+        return
     entry.input_tokens += int(metadata.get("input_tokens", 0) or 0)
     entry.output_tokens += int(metadata.get("output_tokens", 0) or 0)
 

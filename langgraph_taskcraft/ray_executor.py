@@ -12,11 +12,15 @@ processes each with many items in flight use the cluster far better than one pro
 document, and connection pools are not rebuilt per document. Each item is one actor task
 (`ItemWorker.run`): a streaming generator that yields the graph's progress events, then the
 `ItemResult`. A worker that dies (out of memory, a crashed node) is restarted by Ray and its
-items are retried there; they resume from their last checkpoint.
+items are retried there; they resume from their last checkpoint. Ray and the workers start with
+the first item that has to run, so a rerun of a finished run starts neither.
 
 Workers are set up like the driver: same working directory (relative input paths resolve the
 same way), the driver's own source folders on `sys.path` (model specs such as
 `tests.scenario:MODEL` import), and the driver's LLM cache (`set_llm_cache`) when one is set.
+Budgets that a process enforces alone (`requests_per_minute`, `tokens_per_minute`,
+`max_llm_calls`) are split evenly among the workers, so that together they keep to the
+configured totals.
 Provider API keys must be in the workers' environment: for a local Ray, the driver's
 environment when Ray starts; otherwise pass them with `runtime_env={"env_vars": {...}}` or set
 them on the cluster.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import sysconfig
@@ -39,6 +44,8 @@ from typing import Any
 
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.runner import ItemResult, WorkItem, checkpointed_graph, run_item
+
+logger = logging.getLogger(__name__)
 
 RAY_MISSING = (
     "the Ray executor needs Ray: pip install 'ray>=2.40' (or the package's `ray` extra: "
@@ -83,34 +90,30 @@ def _driver_llm_cache() -> tuple[str | None, Any]:
     cache = get_llm_cache()
     if cache is None:
         return None, None
-    with contextlib.suppress(ImportError):
-        from langchain_community.cache import SQLiteCache
-
-        if isinstance(cache, SQLiteCache):
-            database = cache.engine.url.database
-            return (str(Path(database).resolve()) if database else None), None
+    # A SQLiteCache holds a database engine that cannot be shipped: workers reopen its file.
+    community = sys.modules.get("langchain_community.cache")  # loaded if such a cache exists
+    if community is not None and isinstance(cache, community.SQLiteCache):
+        database = cache.engine.url.database
+        return (str(Path(database).resolve()) if database else None), None
     return None, cache
 
 
-# Budgets that a process enforces on its own (rate limiters, a semaphore on LLM calls): each of
-# `n` workers gets 1/n of them, so that together they keep to the configured totals.
-_SHARED_RATES = ("requests_per_minute", "tokens_per_minute")
-_SHARED_COUNTS = ("max_llm_calls",)
-
-
 def worker_context(context: Context, workers: int) -> Context:
-    """The context workers run with: absolute paths, the run's budgets split among workers."""
+    """The context workers run with: absolute paths, the run's budgets split among workers.
+
+    Rate limiters and the bound on LLM calls hold per process, so each of `workers` gets its
+    share, and together they keep to the configured totals.
+    """
     workers = max(1, workers)
-    names = {f.name for f in dataclasses.fields(context)}
     changes: dict[str, Any] = {"data_dir": str(Path(context.data_dir).resolve())}
     if context.corpus_path and "://" not in context.corpus_path:
         changes["corpus_path"] = str(Path(context.corpus_path).resolve())
-    for name in names.intersection(_SHARED_RATES):
-        if getattr(context, name) > 0:
-            changes[name] = getattr(context, name) / workers
-    for name in names.intersection(_SHARED_COUNTS):
-        if getattr(context, name) > 0:
-            changes[name] = max(1, getattr(context, name) // workers)
+    if context.requests_per_minute > 0:
+        changes["requests_per_minute"] = context.requests_per_minute / workers
+    if context.tokens_per_minute > 0:
+        changes["tokens_per_minute"] = context.tokens_per_minute / workers
+    if context.max_llm_calls > 0:
+        changes["max_llm_calls"] = max(1, context.max_llm_calls // workers)
     return dataclasses.replace(context, **changes)
 
 
@@ -215,40 +218,58 @@ class RayExecutor:
         self.runtime_env = dict(runtime_env or {})
         self.init_options = dict(init_options or {})
         self._started_ray = False
+        self._starting: asyncio.Lock | None = None
         self._actors: list[Any] = []
         self._in_flight: list[int] = []
 
     async def __aenter__(self) -> RayExecutor:
         try:
-            import ray
+            import ray  # noqa: F401 - fail at once, not at the first document
         except ImportError as exc:
             raise RuntimeError(RAY_MISSING) from exc
-        if not ray.is_initialized():
-            options: dict[str, Any] = {
-                "address": self.address,
-                "ignore_reinit_error": True,
-                "include_dashboard": False,
-                "log_to_driver": False,
-                "configure_logging": False,
-                **self.init_options,
-            }
-            if self.address is None and self.num_cpus is not None:
-                options["num_cpus"] = self.num_cpus
-            # In this thread: Ray installs its SIGTERM handler only from the main thread, and
-            # nothing else runs on the loop before the workers start.
-            ray.init(**options)
-            self._started_ray = True
-        try:
-            await self._start_workers(ray)
-        except BaseException:
-            await self.__aexit__(*sys.exc_info())
-            raise
+        self._starting = asyncio.Lock()
         return self
+
+    async def _workers(self) -> list[Any]:
+        """The worker actors, started with the first item to run.
+
+        A rerun with nothing left to do starts neither Ray nor a worker. A Ray that cannot start
+        (a wrong address) raises, which stops the run: it is not the item's failure.
+        """
+        if self._starting is None:
+            raise RuntimeError("RayExecutor.run called outside `async with executor`")
+        async with self._starting:
+            if not self._actors:
+                import ray
+
+                if not ray.is_initialized():
+                    options: dict[str, Any] = {
+                        "address": self.address,
+                        "ignore_reinit_error": True,
+                        "include_dashboard": False,
+                        "log_to_driver": False,
+                        "configure_logging": False,
+                        **self.init_options,
+                    }
+                    if self.address is None and self.num_cpus is not None:
+                        options["num_cpus"] = self.num_cpus
+                    # In this thread: Ray installs its SIGTERM handler only from the main
+                    # thread, and every item is waiting for the workers anyway.
+                    ray.init(**options)
+                    self._started_ray = True
+                await self._start_workers(ray)
+        return self._actors
 
     async def _start_workers(self, ray: Any) -> None:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         count = self.workers or max(1, int(cpus))
         cache_path, cache = await asyncio.to_thread(_driver_llm_cache)
+        if cache is not None:
+            try:
+                ray.cloudpickle.dumps(cache)
+            except Exception as exc:  # e.g. a cache holding a client connection
+                logger.warning("the Ray workers run without the LLM cache %r: %s", cache, exc)
+                cache = None
         setup = WorkerSetup(
             working_dir=os.getcwd(),
             python_paths=_source_paths(),
@@ -263,13 +284,16 @@ class RayExecutor:
             runtime_env=self.runtime_env or None,
         )
         context = worker_context(self.context, count)
-        self._actors = [actor_class.remote(context, setup) for _ in range(count)]
         self._in_flight = [0] * count
+        self._actors = [actor_class.remote(context, setup) for _ in range(count)]
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._starting = None
+        actors, self._actors = self._actors, []
+        if not actors and not self._started_ray:
+            return
         import ray
 
-        actors, self._actors = self._actors, []
         with contextlib.suppress(Exception):
             closing = [actor.close.remote() for actor in actors]
             await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), timeout=10)
@@ -287,14 +311,13 @@ class RayExecutor:
         on_event: Callable[[str, dict[str, Any]], None] | None,
     ) -> ItemResult:
         """Run or resume one item on the least busy worker; failures come back as a result."""
-        if not self._actors:
-            raise RuntimeError("RayExecutor.run called outside `async with executor`")
-        index = min(range(len(self._actors)), key=self._in_flight.__getitem__)
+        actors = await self._workers()
+        index = min(range(len(actors)), key=self._in_flight.__getitem__)
         self._in_flight[index] += 1
         result: ItemResult | None = None
         try:
             stream = (
-                self._actors[index]
+                actors[index]
                 .run.options(num_returns="streaming")
                 .remote(item, config, on_event is not None)
             )

@@ -26,6 +26,8 @@ class TokenUsage(BaseModel):
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_calls: int = 0
+    """Calls answered by the LLM cache: counted in `calls`, their tokens not spent again."""
 
 
 Usage = dict[str, TokenUsage]
@@ -40,6 +42,7 @@ def merge_usage(left: Usage | None, right: Usage | None) -> Usage:
         current.calls += value.calls
         current.input_tokens += value.input_tokens
         current.output_tokens += value.output_tokens
+        current.cached_calls += value.cached_calls
     return merged
 
 

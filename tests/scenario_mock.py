@@ -296,7 +296,7 @@ GENERATOR = _scripted("generator")
 AGENT = _scripted("agent")
 JUDGE = _scripted("judge")
 
-SCRIPTED_MODELS: dict[str, str] = {
+SCRIPTED_MODELS: dict[str, Any] = {
     "generator_model": "tests.scenario_mock:GENERATOR",
     "agent_model": "tests.scenario_mock:AGENT",
     "judge_model": "tests.scenario_mock:JUDGE",
