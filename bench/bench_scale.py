@@ -6,7 +6,7 @@ started by this script in its own process with the scripted scenario of `bench/m
 (16 LLM calls and 1 accepted task per document; 7 calls on the longest dependency chain).
 
     python bench/bench_scale.py                      # all but memory (a few minutes)
-    python bench/bench_scale.py --only memory        # 10,000 documents (about 15 minutes)
+    python bench/bench_scale.py --only memory        # 10,000 documents (about 20 minutes)
     python bench/bench_scale.py --only overhead,rerun --py-spy bench/results/profile
 
 Benchmarks (`--only`, comma-separated; default: overhead,throughput,tokens,rerun):
@@ -684,20 +684,14 @@ async def bench_tokens(bench: Bench) -> None:
     rows = []
     totals = [0, 0, 0]
     for key, entry in sorted(summary.usage.items()):
-        rows.append(
-            [
-                key,
-                entry.calls / accepted,
-                entry.input_tokens / accepted,
-                entry.output_tokens / accepted,
-            ]
-        )
+        values = (entry.calls, entry.input_tokens, entry.output_tokens)
+        rows.append([key, *(f"{value / accepted:,.1f}" for value in values)])
         totals = [
             totals[0] + entry.calls,
             totals[1] + entry.input_tokens,
             totals[2] + entry.output_tokens,
         ]
-    rows.append(["**total**", *(value / accepted for value in totals)])
+    rows.append(["**total**", *(f"{value / accepted:,.1f}" for value in totals)])
     say(
         table(
             f"(c) Per accepted atomic task ({summary.tasks} accepted, {summary.rejected} rejected, "

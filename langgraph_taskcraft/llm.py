@@ -6,7 +6,9 @@ and cached per spec so that one run shares connection pools and the rate limiter
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.rate_limiters import InMemoryRateLimiter
+from langchain_core.runnables import Runnable
 from pydantic import BaseModel
 
 from langgraph_taskcraft.context import Context, Role
@@ -75,36 +78,43 @@ def _rate_limiter(requests_per_minute: float) -> InMemoryRateLimiter:
     )
 
 
-@lru_cache(maxsize=32)
-def _provider_model(
-    spec: str,
-    base_url: str,
-    temperature: float,
-    max_retries: int,
-    timeout: float,
-    requests_per_minute: float,
-) -> BaseChatModel:
+ModelKey = tuple[str, str, float, int, float, float]
+
+# Models are cached per event loop: an OpenAI client's connection pool belongs to the loop that
+# opened it, so a second `asyncio.run` (a notebook, a script calling `run_batch` twice) must not
+# reuse it. Outside a loop (sync use) one shared table serves.
+_models_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ModelKey, BaseChatModel]]
+_models_by_loop = weakref.WeakKeyDictionary()
+_models_outside_loops: dict[ModelKey, BaseChatModel] = {}
+
+
+def _provider_model(key: ModelKey) -> BaseChatModel:
     from langchain.chat_models import init_chat_model
 
+    spec, base_url, temperature, max_retries, timeout, requests_per_minute = key
     kwargs: dict[str, Any] = {
         "temperature": temperature,
         "max_retries": max_retries,
         "timeout": timeout,
     }
-    provider = spec.partition(":")[0]
-    if base_url and provider == "openai":
-        kwargs["base_url"] = base_url
+    if spec.partition(":")[0] == "openai":
+        import openai
+
+        if base_url:
+            kwargs["base_url"] = base_url
+        # Its own async HTTP client (langchain-openai otherwise shares one across loops).
+        kwargs["http_async_client"] = openai.DefaultAsyncHttpxClient(timeout=timeout)
     if requests_per_minute > 0:
         kwargs["rate_limiter"] = _rate_limiter(requests_per_minute)
     return init_chat_model(spec, **kwargs)
 
 
 def chat_model(context: Context, role: Role) -> BaseChatModel:
-    """The chat model configured for a role (built lazily, cached per configuration)."""
+    """The chat model configured for a role (built lazily, cached per configuration and loop)."""
     spec = context.model_spec(role)
     if not is_provider_spec(spec):
         return load_object_model(spec)
-    return _provider_model(
+    key: ModelKey = (
         spec,
         context.base_url,
         float(context.temperature),
@@ -112,6 +122,13 @@ def chat_model(context: Context, role: Role) -> BaseChatModel:
         float(context.request_timeout),
         float(context.requests_per_minute),
     )
+    try:
+        models = _models_by_loop.setdefault(asyncio.get_running_loop(), {})
+    except RuntimeError:
+        models = _models_outside_loops
+    if key not in models:
+        models[key] = _provider_model(key)
+    return models[key]
 
 
 def record_usage(usage: Usage, key: str, message: BaseMessage | None) -> None:
@@ -143,6 +160,29 @@ async def ainvoke_text(
     return message_text(reply)
 
 
+_structured_runnables: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnable]] = {}
+
+
+def _structured_runnable(model: BaseChatModel, schema: type[BaseModel], method: str) -> Runnable:
+    """`model.with_structured_output(schema, include_raw=True)`, built once per model and schema.
+
+    Building it converts the schema to JSON Schema, a noticeable share of the CPU per call.
+    """
+    key = (id(model), schema, method)
+    cached = _structured_runnables.get(key)
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    options: dict[str, Any] = {"include_raw": True}
+    # BaseChatModel's generic implementation (tool calling) accepts no `method`; providers do.
+    if type(model).with_structured_output is not BaseChatModel.with_structured_output:
+        options["method"] = method
+    runnable = model.with_structured_output(schema, **options)
+    if len(_structured_runnables) >= 64:  # models made afresh by a factory: do not hoard them
+        _structured_runnables.clear()
+    _structured_runnables[key] = (model, runnable)  # holding the model keeps its id unique
+    return runnable
+
+
 async def ainvoke_structured(
     model: BaseChatModel,
     schema: type[SchemaT],
@@ -157,15 +197,11 @@ async def ainvoke_structured(
     Raises:
         LLMOutputInvalid: when no attempt produced a reply that validates.
     """
-    options: dict[str, Any] = {"include_raw": True}
-    # BaseChatModel's generic implementation (tool calling) accepts no `method`; providers do.
-    if type(model).with_structured_output is not BaseChatModel.with_structured_output:
-        options["method"] = context.structured_output_method
-    structured = model.with_structured_output(schema, **options)
+    structured = _structured_runnable(model, schema, context.structured_output_method)
     prompt = list(messages)
     problem = "no reply"
     for _ in range(1 + max(0, int(context.structured_output_retries))):
-        result: dict[str, Any] = await structured.ainvoke(prompt)  # type: ignore[assignment]
+        result: dict[str, Any] = await structured.ainvoke(prompt)
         record_usage(usage, key, result.get("raw"))
         parsed = result.get("parsed")
         if isinstance(parsed, schema) and result.get("parsing_error") is None:

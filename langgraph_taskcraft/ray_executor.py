@@ -158,15 +158,9 @@ class ItemWorker:
             stream.put_nowait(("event", chunk))
 
         async def run() -> None:
-            try:
-                graph = await self._compiled_graph()
-                result = await run_item(
-                    graph, item, config, self.context, on_event if with_events else None
-                )
-            except Exception as exc:  # e.g. the data folder is not reachable from this node
-                message = f"worker failed: {type(exc).__name__}: {exc}"
-                result = ItemResult(key=item.key, status="failed", message=message)
-            stream.put_nowait(("result", result))
+            stream.put_nowait(
+                ("result", await self._run(item, config, on_event if with_events else None))
+            )
 
         task = asyncio.ensure_future(run())
         try:
@@ -177,6 +171,23 @@ class ItemWorker:
                     return
         finally:
             task.cancel()
+
+    async def run_quietly(self, item: WorkItem, config: dict[str, Any]) -> ItemResult:
+        """Run or resume one item without progress events."""
+        return await self._run(item, config, None)
+
+    async def _run(
+        self,
+        item: WorkItem,
+        config: dict[str, Any],
+        on_event: Callable[[str, dict[str, Any]], None] | None,
+    ) -> ItemResult:
+        try:
+            graph = await self._compiled_graph()
+            return await run_item(graph, item, config, self.context, on_event)
+        except Exception as exc:  # e.g. the data folder is not reachable from this node
+            message = f"worker failed: {type(exc).__name__}: {exc}"
+            return ItemResult(key=item.key, status="failed", message=message)
 
     async def close(self) -> None:
         """Close the checkpointer's connection."""
@@ -327,11 +338,14 @@ class RayExecutor:
                     on_event(item.key, value)
                 elif kind == "result":
                     result = value
+            if result is None:
+                # Ray retried the stream after losing its worker, and the new attempt (resumed
+                # from the checkpoint, so with fewer events) ended at positions already read.
+                # The thread is finished or nearly: read its result.
+                result = await actors[index].run_quietly.remote(item, config)
         except Exception as exc:  # a lost worker or node: the item is retried on the next run
             message = f"Ray worker failed: {type(exc).__name__}: {exc}"
             return ItemResult(key=item.key, status="failed", message=message[:2000])
         finally:
             self._in_flight[index] -= 1
-        if result is None:
-            return ItemResult(key=item.key, status="failed", message="Ray worker returned nothing")
         return result

@@ -16,11 +16,15 @@ The same script drives two backends:
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from langchain_core.messages import AIMessage
 
 from tests import fakes
 from tests import mock_openai_server as mock
@@ -296,6 +300,34 @@ GENERATOR = _scripted("generator")
 AGENT = _scripted("agent")
 JUDGE = _scripted("judge")
 
+
+def crash_once(model: fakes.ScriptedChatModel, pattern: str, flag_variable: str) -> Any:
+    """`model`, except that the first prompt matching `pattern` kills the process (`os._exit`).
+
+    "First" across processes: the file named by the environment variable `flag_variable` is
+    written before dying, and later matching prompts are answered as `model` answers them.
+    """
+
+    def crash_or_answer(messages: list[Any]) -> Any:
+        flag = Path(os.environ[flag_variable])
+        if not flag.exists():
+            flag.write_text(str(os.getpid()))
+            os._exit(1)
+        transcript = fakes.transcript_of(messages)
+        has_tool_result = any(m.type == "tool" for m in messages)
+        for rule in model.rules:
+            if rule.matches(transcript, has_tool_result):
+                reply = rule.reply
+                return (
+                    reply
+                    if isinstance(reply, AIMessage) or not callable(reply)
+                    else reply(messages)
+                )
+        raise AssertionError(f"no scripted reply for prompt:\n{transcript[-1500:]}")
+
+    return fakes.ScriptedChatModel(rules=[fakes.Rule(pattern, crash_or_answer), *model.rules])
+
+
 SCRIPTED_MODELS: dict[str, Any] = {
     "generator_model": "tests.scenario_mock:GENERATOR",
     "agent_model": "tests.scenario_mock:AGENT",
@@ -304,16 +336,30 @@ SCRIPTED_MODELS: dict[str, Any] = {
 """Context fields selecting the scripted models."""
 
 
-_GENERATED_ID = re.compile(r'"(?:call|run|chatcmpl)[-_][0-9a-f]{8,}"')
+_GENERATED_ID = re.compile(r"^(?:call|run|chatcmpl)[-_][0-9a-f]{8,}$")
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, dict):
+        # Usage counts only the tokens of real requests: calls the LLM cache answered count
+        # none, and which ones it answered depends on where a run was interrupted.
+        return {k: _comparable(v) for k, v in value.items() if k != "usage"}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    if isinstance(value, str) and _GENERATED_ID.match(value):
+        return "<generated id>"
+    return value
 
 
 def comparable_records(path: Path) -> list[str]:
-    """A JSONL file's records, sorted, with generated tool-call and message ids masked.
+    """A JSONL file's records, sorted, without what legitimately differs between two runs.
 
-    Clients and fakes mint those ids per reply, so two runs that did the same work differ only
-    there; everything else (ids, questions, answers, trajectories, usage) must be equal.
+    Clients and fakes mint tool-call and message ids per reply (masked), and the usage of a
+    record (dropped) depends on which calls the LLM cache answered; everything else (ids,
+    questions, answers, verifications, trajectories) must be equal.
     """
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
-    return sorted(_GENERATED_ID.sub('"<generated id>"', line) for line in lines if line.strip())
+    records = (_comparable(json.loads(line)) for line in lines if line.strip())
+    return sorted(json.dumps(record, sort_keys=True) for record in records)

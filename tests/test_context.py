@@ -77,3 +77,23 @@ def test_importing_graphs_builds_no_client(monkeypatch: pytest.MonkeyPatch) -> N
     verifier = importlib.import_module("langgraph_taskcraft.graphs.verifier")
     assert taskcraft.graph.name == "taskcraft"
     assert verifier.graph.name == "verifier"
+
+
+def test_a_second_event_loop_gets_its_own_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script or notebook that calls `asyncio.run` twice must not reuse a closed loop's pool."""
+    import asyncio
+
+    from tests.mock_openai_server import MockOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    with MockOpenAIServer(default="pong") as base_url:
+        context = Context(agent_model="openai:mock-model", base_url=base_url, max_retries=0)
+
+        async def ask() -> tuple[BaseChatModel, str]:
+            model = chat_model(context, "agent")
+            return model, (await model.ainvoke("ping")).text
+
+        first_model, first = asyncio.run(ask())
+        second_model, second = asyncio.run(ask())
+    assert first == second == "pong"
+    assert first_model is not second_model

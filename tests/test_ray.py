@@ -4,7 +4,6 @@ free reruns, a crashed worker's items completed, real HTTP clients inside the wo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -19,28 +18,16 @@ from langgraph_taskcraft.cli import app
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.ray_executor import RayExecutor, worker_context
 from langgraph_taskcraft.runner import ItemResult, RunSummary, run_batch
-from tests import fakes, scenario_mock
+from tests import scenario_mock
 from tests.mock_openai_server import MockOpenAIServer
 from tests.scenario_mock import SCRIPTED_MODELS, comparable_records
 
 CRASH_FLAG = "TESTS_RAY_CRASH_FLAG"
 
 
-def _crash_once_then_judge(messages: list[Any]) -> Any:
-    """Kill this worker process the first time (a lost worker), judge normally afterwards."""
-    flag = Path(os.environ[CRASH_FLAG])
-    if not flag.exists():
-        flag.write_text(str(os.getpid()))
-        os._exit(1)
-    return scenario_mock.JUDGE.rules[0].reply(messages)
-
-
-# The judge of the scenario, except that grading one answer crashes the worker once.
-CRASHING_JUDGE = fakes.ScriptedChatModel(
-    rules=[
-        fakes.Rule(r"grading an answer.*Candidate answer: Sallow Creek", _crash_once_then_judge),
-        *scenario_mock.JUDGE.rules,
-    ]
+# The judge of the scenario, except that grading one answer kills the worker process once.
+CRASHING_JUDGE = scenario_mock.crash_once(
+    scenario_mock.JUDGE, r"grading an answer.*Candidate answer: Sallow Creek", CRASH_FLAG
 )
 
 
@@ -160,6 +147,12 @@ def test_cli_ray_executor_through_an_endpoint_shares_the_llm_cache_with_workers(
 ) -> None:
     server = MockOpenAIServer(rules=scenario_mock.server_rules(), default=None)
     out = tmp_path / "out" / "tasks.jsonl"
+
+    def generate() -> dict[str, Any]:
+        result = CliRunner().invoke(app, arguments)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output.strip().splitlines()[-1])  # the `--json` summary
+
     with server as base_url:
         arguments = [
             "generate",
@@ -174,27 +167,28 @@ def test_cli_ray_executor_through_an_endpoint_shares_the_llm_cache_with_workers(
             str(out),
             "--data-dir",
             str(tmp_path / "state"),
+            "--json",
         ]
-        first = CliRunner().invoke(app, arguments)
-        assert first.exit_code == 0, first.output
+        first = generate()
         served = server.stats()["chat_requests"]
         first_tasks = comparable_records(out)
 
-        again = CliRunner().invoke(app, arguments)
-        assert again.exit_code == 0, again.output
-        assert "9 already done" in again.output
+        again = generate()
+        assert (again["skipped"], again["done"]) == (9, 0)
         assert server.stats()["chat_requests"] == served
 
         # Without the outputs every document runs again in the workers, from the driver's LLM
         # cache. (Not all of it: a reply read from LangChain's cache carries `total_cost: 0` in
         # its usage, so the agent's next prompt differs from the first run's and misses.)
         shutil.rmtree(out.parent)
-        fresh = CliRunner().invoke(app, arguments)
-        assert fresh.exit_code == 0, fresh.output
-        assert "0 already done" in fresh.output
-        assert server.stats()["chat_requests"] - served <= served // 4
+        fresh = generate()
+        resent = server.stats()["chat_requests"] - served
 
+    assert (first["done"], first["tasks"]) == (9, 12)
     assert served == 92 and server.stats()["unmatched"] == 0
+    assert (fresh["done"], fresh["tasks"]) == (9, 12)
+    cached = sum(usage["cached_calls"] for usage in fresh["usage"].values())
+    assert cached + resent == served and resent <= served // 4
     tasks = [json.loads(line) for line in first_tasks]
     assert sorted(t["question"] for t in tasks) == scenario_mock.expected_questions()
     assert comparable_records(out) == first_tasks
