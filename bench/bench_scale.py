@@ -226,27 +226,10 @@ def context_for(base_url: str, data_dir: Path, **overrides: Any) -> Any:
 @contextlib.contextmanager
 def llm_cache(data_dir: Path | None) -> Iterator[None]:
     """The runner's SQLite LLM cache in `data_dir` (None: off), as `taskcraft generate` sets it."""
-    from langgraph_taskcraft import runner
+    from langgraph_taskcraft.cache import use_llm_cache
 
-    use = getattr(runner, "use_llm_cache", None)
-    if use is not None:
-        with use(data_dir):
-            yield
-        return
-    from langchain_core.globals import get_llm_cache, set_llm_cache
-
-    previous = get_llm_cache()
-    if data_dir is None:
-        set_llm_cache(None)
-    else:
-        from langchain_community.cache import SQLiteCache
-
-        data_dir.mkdir(parents=True, exist_ok=True)
-        set_llm_cache(SQLiteCache(database_path=str(data_dir / "llm_cache.sqlite")))
-    try:
+    with use_llm_cache(data_dir):
         yield
-    finally:
-        set_llm_cache(previous)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,15 +203,7 @@ class CostSummary:
         for row in self.rows:
             current = roles.get(row.role)
             if current is None:
-                roles[row.role] = CostRow(
-                    row.role,
-                    "*",
-                    row.model,
-                    row.calls,
-                    row.input_tokens,
-                    row.output_tokens,
-                    row.cost,
-                )
+                roles[row.role] = replace(row, stage="*")
                 continue
             cost = None if current.cost is None or row.cost is None else current.cost + row.cost
             roles[row.role] = CostRow(
@@ -413,11 +405,16 @@ class Estimate:
         self.output_tokens += calls * factors.output_tokens
 
 
+def _judge_samples(settings: Mapping[str, Any]) -> int:
+    """Judge verdicts per judged answer."""
+    return max(1, int(settings.get("judge_samples", 1)))
+
+
 def _verification_cost(
     estimate: Estimate, units: float, settings: Mapping[str, Any], f: EstimateFactors
 ) -> float:
     """Add one verifier run per unit; return how many units the agent accepts."""
-    judge_samples = max(1, int(settings.get("judge_samples", 1)))
+    judge_samples = _judge_samples(settings)
     estimate.add("agent:llm_only_answer", units, f.llm_only)
     estimate.add("judge:llm_only_judgement", units * judge_samples, f.judge)
     to_agent = units * f.llm_only_pass_rate
@@ -504,7 +501,7 @@ def estimate(
     if strategy in ("width", "both") and int(settings["target_width"]) > 1:
         groups = math.floor(tasks / int(settings["target_width"]))
         tries = groups * min(f.width_attempts, float(settings["max_width_attempts"]))
-        judge_samples = max(1, int(settings.get("judge_samples", 1)))
+        judge_samples = _judge_samples(settings)
         result.add("generator:width_merge", tries, f.width_merge)
         result.add("judge:width_decompose_check", tries, f.width_check)
         result.add("agent:width_llm_only_answer", tries, f.llm_only)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -28,12 +26,13 @@ from rich.table import Table
 from rich.text import Text
 
 from langgraph_taskcraft.context import Context, parse_field_value
+from langgraph_taskcraft.stats import ATOMIC_STAGES, DEPTH_STAGES, WIDTH_STAGES
 
 if TYPE_CHECKING:
     from langgraph_taskcraft.accounting import ModelPrice
     from langgraph_taskcraft.limits import LLMLimits
     from langgraph_taskcraft.records import Usage
-    from langgraph_taskcraft.runner import ItemResult, WorkItem
+    from langgraph_taskcraft.runner import ItemResult
 
 app = typer.Typer(
     help="Generate verified agentic tasks (TaskCraft) from documents, web pages and corpora.",
@@ -41,22 +40,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-
-ATOMIC_STAGES = ("extract", "form_question", "leak_check", "verify", "llm_only", "agent", "dedup")
-"""Stages an atomic candidate passes, in order (rejections name the stage that stopped it)."""
-
-DEPTH_STAGES = (
-    "depth_superset_search",
-    "depth_superset_check",
-    "depth_intermediate_question",
-    "depth_intermediate_verify",
-    "depth_merge",
-    "depth_merge_check",
-)
-"""Stages of one attempt at a depth hop, in order."""
-
-WIDTH_STAGES = ("width_merge", "width_merge_check", "width_decompose_check", "width_llm_only")
-"""Stages of one attempt at a width merge, in order."""
 
 
 def build_context(overrides: dict[str, Any], assignments: list[str] | None = None) -> Context:
@@ -79,6 +62,17 @@ def build_context(overrides: dict[str, Any], assignments: list[str] | None = Non
         return Context(**values)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+def _role_models(
+    model: str | None, generator: str | None, agent: str | None, judge: str | None
+) -> dict[str, str | None]:
+    """Each role's model option: its own, else `--model` (None: not given)."""
+    return {
+        "generator_model": generator or model,
+        "agent_model": agent or model,
+        "judge_model": judge or model,
+    }
 
 
 def _load_prices(path: Path | None) -> dict[str, ModelPrice]:
@@ -278,14 +272,14 @@ def generate(
 ) -> None:
     """Generate verified tasks; rerunning the same command resumes where it stopped."""
     from langgraph_taskcraft.accounting import models_by_role_of, summarize
+    from langgraph_taskcraft.cache import use_llm_cache
     from langgraph_taskcraft.limits import llm_limits
-    from langgraph_taskcraft.runner import OutputFiles, run_batch, use_llm_cache
+    from langgraph_taskcraft.outputs import OutputFiles
+    from langgraph_taskcraft.runner import run_batch
 
     context = build_context(
         {
-            "generator_model": generator_model or model,
-            "agent_model": agent_model or model,
-            "judge_model": judge_model or model,
+            **_role_models(model, generator_model, agent_model, judge_model),
             "base_url": base_url,
             "search_backend": search,
             "corpus_path": corpus,
@@ -382,80 +376,6 @@ def _ordered_stages(counts: Mapping[str, int]) -> list[tuple[str, int]]:
 # Estimate.
 
 
-@dataclass
-class ChunkCount:
-    """Documents loaded to estimate a run, and the chunks the generator would read."""
-
-    items: int = 0
-    sampled: int = 0
-    documents: int = 0
-    chunks: int = 0
-    failed: int = 0
-    unfetched_urls: int = 0
-
-    @property
-    def chunks_per_document(self) -> float:
-        """Mean chunks read per loaded document."""
-        return self.chunks / self.documents if self.documents else 0.0
-
-
-def _chunks_used(document: Any, context: Context) -> int:
-    count = min(len(document.chunks), max(0, context.max_chunks_per_document))
-    return 1 if count == 0 and document.images else count
-
-
-def _count_item(item: WorkItem, context: Context, fetch_urls: bool) -> tuple[int, int, int, int]:
-    """(documents, chunks used, failed loads, URLs not fetched) of one work item."""
-    from langgraph_taskcraft.loaders import (
-        LoadSettings,
-        expand_sources,
-        is_url,
-        load_document,
-        load_text,
-    )
-
-    settings = LoadSettings.from_context(context)
-    documents = chunks = failed = unfetched = 0
-    loaded = []
-    for source in expand_sources(item.graph_input.get("sources", [])):
-        if is_url(source) and not fetch_urls:
-            unfetched += 1
-            continue
-        try:
-            loaded.append(load_document(source, settings))
-        except Exception:  # an unloadable document costs no LLM call
-            failed += 1
-    for index, text in enumerate(item.graph_input.get("texts", [])):
-        try:
-            loaded.append(load_text(text, settings, source=f"text:{index}"))
-        except Exception:
-            failed += 1
-    for document in loaded:
-        used = _chunks_used(document, context)
-        documents += used > 0
-        chunks += used
-        failed += used == 0
-    return documents, chunks, failed, unfetched
-
-
-def count_chunks(
-    items: Sequence[WorkItem], context: Context, *, sample: int, fetch_urls: bool
-) -> ChunkCount:
-    """Load (a spread-out sample of) the items' documents and count the chunks read."""
-    step = max(1, math.ceil(len(items) / sample)) if sample > 0 else 1
-    chosen = list(items[::step])
-    result = ChunkCount(items=len(items), sampled=len(chosen))
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for documents, chunks, failed, unfetched in pool.map(
-            lambda item: _count_item(item, context, fetch_urls), chosen
-        ):
-            result.documents += documents
-            result.chunks += chunks
-            result.failed += failed
-            result.unfetched_urls += unfetched
-    return result
-
-
 @app.command()
 def estimate(
     inputs: Annotated[list[str], typer.Argument(help="The inputs of the run, as for generate.")],
@@ -484,13 +404,11 @@ def estimate(
     """
     from langgraph_taskcraft.accounting import estimate as estimate_run
     from langgraph_taskcraft.accounting import models_by_role_of, price_of
-    from langgraph_taskcraft.runner import plan_inputs
+    from langgraph_taskcraft.planning import count_chunks, plan_inputs
 
     context = build_context(
         {
-            "generator_model": generator_model or model,
-            "agent_model": agent_model or model,
-            "judge_model": judge_model or model,
+            **_role_models(model, generator_model, agent_model, judge_model),
             "target_hops": target_hops,
             "target_width": target_width,
             "extension_strategy": strategy,
@@ -639,7 +557,7 @@ def export(
 ) -> None:
     """Export tasks as a dataset, with a manifest of how they were made."""
     from langgraph_taskcraft.exports import DEFAULT_FILE_NAMES, RunInfo, export_all, load_tasks
-    from langgraph_taskcraft.runner import read_run_info
+    from langgraph_taskcraft.outputs import read_run_info
 
     if not tasks.is_file():
         raise typer.BadParameter(f"{tasks}: no such file")
@@ -686,139 +604,6 @@ def export(
 # Stats.
 
 
-def _funnel(
-    stages: Sequence[str], rejected: Mapping[str, int], passed_all: int
-) -> list[dict[str, Any]]:
-    """Rows of reached / rejected / passed per stage, given how many passed every stage."""
-    rows = []
-    reached = passed_all + sum(rejected.get(stage, 0) for stage in stages)
-    for stage in stages:
-        stopped = rejected.get(stage, 0)
-        rows.append(
-            {
-                "stage": stage,
-                "reached": reached,
-                "rejected": stopped,
-                "passed": reached - stopped,
-                "pass_rate": (reached - stopped) / reached if reached else None,
-            }
-        )
-        reached -= stopped
-    return [row for row in rows if row["reached"]]
-
-
-def collect_stats(
-    tasks_path: Path, prices: Mapping[str, ModelPrice] | None = None
-) -> dict[str, Any]:
-    """Statistics of a run's output files (see `taskcraft stats`), JSON-ready.
-
-    Streams the files (a large output is never held in memory at once).
-    """
-    from langgraph_taskcraft.accounting import summarize
-    from langgraph_taskcraft.records import TokenUsage, merge_usage
-    from langgraph_taskcraft.runner import OutputFiles, read_jsonl, read_run_info
-
-    files = OutputFiles(tasks_path, prepare=False)
-    info = read_run_info(tasks_path)
-
-    def add_usage(total: Usage, record: Mapping[str, Any]) -> Usage:
-        usage = record.get("usage") or {}
-        return merge_usage(total, {k: TokenUsage.model_validate(v) for k, v in usage.items()})
-
-    record_usage: Usage = {}  # usage on the records (extraction calls are on none of them)
-    kinds: Counter[str] = Counter()
-    histogram: Counter[tuple[int, int]] = Counter()
-    depth_failed: Counter[str] = Counter()
-    width_failed_in_tasks: Counter[str] = Counter()
-    hops_made = 0
-    for task in read_jsonl(files.tasks):
-        kind = str(task.get("kind"))
-        kinds[kind] += 1
-        histogram[(int(task.get("hops", 1)), int(task.get("width", 1)))] += 1
-        failed_attempts = width_failed_in_tasks if kind == "width" else depth_failed
-        for attempt in task.get("failed_attempts") or []:
-            failed_attempts[str(attempt.get("stage"))] += 1
-        if kind != "width":
-            hops_made += max(0, int(task.get("hops", 1)) - 1)
-        record_usage = add_usage(record_usage, task)
-    verified = sum(n for kind, n in kinds.items() if kind != "width")
-
-    atomic_rejected: Counter[str] = Counter()
-    width_rejected: Counter[str] = Counter()
-    other_rejected: Counter[str] = Counter()
-    reasons: Counter[tuple[str, str]] = Counter()
-    for record in read_jsonl(files.rejected):
-        stage = str(record.get("stage", "?"))
-        reasons[(stage, str(record.get("reason")))] += 1
-        if stage in ATOMIC_STAGES:
-            atomic_rejected[stage] += 1
-        elif stage in WIDTH_STAGES:
-            width_rejected[stage] += 1
-        else:
-            other_rejected[stage] += 1
-        record_usage = add_usage(record_usage, record)
-    error_kinds = Counter(str(e.get("error")) for e in read_jsonl(files.errors))
-
-    # The documents log has every attempt at every document: what was really spent.
-    spent: Usage = {}
-    latest: dict[str, str] = {}
-    for record in read_jsonl(files.documents):
-        spent = add_usage(spent, record)
-        latest[str(record.get("key"))] = str(record.get("status"))
-    usage, usage_source = (spent, "documents") if latest else (record_usage, "records")
-    failed = list(read_jsonl(files.failed))
-    models = info.get("models") or {}
-    summary = summarize(usage, models, prices)
-    width_made = kinds.get("width", 0)
-    accepted_count = sum(kinds.values())
-    rejected_count = sum(reasons.values())
-    statuses = Counter(latest.values())
-    return {
-        "tasks": accepted_count,
-        "tasks_by_kind": dict(kinds),
-        "rejected": rejected_count,
-        "document_errors": sum(error_kinds.values()),
-        "documents": dict(statuses),
-        "failed": [
-            {"key": row.get("key"), "status": row.get("status"), "error": row.get("error")}
-            for row in failed
-        ],
-        "acceptance": {
-            "atomic": _funnel(ATOMIC_STAGES, atomic_rejected, verified),
-            "depth_attempts": _funnel(DEPTH_STAGES, depth_failed, hops_made),
-            "width_attempts": _funnel(
-                WIDTH_STAGES, width_rejected + width_failed_in_tasks, width_made
-            ),
-            "other_rejections": dict(other_rejected),
-        },
-        "difficulty": [
-            {"hops": hops, "width": width, "tasks": count}
-            for (hops, width), count in sorted(histogram.items())
-        ],
-        "rejection_reasons": [
-            {"stage": stage, "reason": reason, "count": count}
-            for (stage, reason), count in reasons.most_common()
-        ],
-        "error_kinds": dict(error_kinds.most_common()),
-        "usage_source": usage_source,
-        "usage": [
-            {
-                "key": f"{row.role}:{row.stage}",
-                "model": row.model,
-                "calls": row.calls,
-                "input_tokens": row.input_tokens,
-                "output_tokens": row.output_tokens,
-                "cost": row.cost,
-            }
-            for row in summary.rows
-        ],
-        "cost": summary.total,
-        "unpriced_models": summary.unpriced_models,
-        "cost_table": summary.format_table(),
-        "models": models,
-    }
-
-
 @app.command()
 def stats(
     tasks: Annotated[Path, typer.Argument(help="A tasks JSONL written by `generate`.")],
@@ -828,6 +613,8 @@ def stats(
     """Acceptance per stage, difficulty histogram, rejection reasons, tokens and cost."""
     if not tasks.exists():
         raise typer.BadParameter(f"{tasks}: no such file")
+    from langgraph_taskcraft.stats import collect_stats
+
     data = collect_stats(tasks, _load_prices(prices))
     if json_output:
         typer.echo(json.dumps({k: v for k, v in data.items() if k != "cost_table"}))

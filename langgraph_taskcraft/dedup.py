@@ -27,7 +27,6 @@ session: about a second per 10,000 questions.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import unicodedata
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Literal
 
 from datasketch import MinHash, MinHashLSH
+
+from langgraph_taskcraft.outputs import read_jsonl
 
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -239,20 +240,12 @@ class Deduplicator:
         if isinstance(paths, str | Path):
             paths = [paths]
         for path in map(Path, paths):
-            if not path.exists():
-                continue
-            with path.open(encoding="utf-8") as lines:
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:  # e.g. a line torn by a kill
-                        self.skipped_lines += 1
-                        continue
-                    task_id = record.get("id") if isinstance(record, dict) else None
-                    question = record.get("question") if isinstance(record, dict) else None
-                    if isinstance(task_id, str) and isinstance(question, str):
-                        yield task_id, question
-                    else:
-                        self.skipped_lines += 1
+            for record in read_jsonl(path, on_skipped=self._count_skipped_line):
+                task_id, question = record.get("id"), record.get("question")
+                if isinstance(task_id, str) and isinstance(question, str):
+                    yield task_id, question
+                else:
+                    self._count_skipped_line()
+
+    def _count_skipped_line(self) -> None:
+        self.skipped_lines += 1

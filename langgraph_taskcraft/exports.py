@@ -709,6 +709,33 @@ def _export_jsonl(
     return _finish(fmt, path, records, counts, skipped, run)
 
 
+def _export_chat(
+    fmt: str,
+    tasks: Iterable[Task],
+    path: str | Path,
+    run: RunInfo | None,
+    tools: Sequence[Any] | None,
+    make_record: Callable[[Task, list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]],
+    *,
+    system_prompt: str | None,
+    use_final_verification: bool,
+    final_answer: Literal["trajectory", "golden"],
+) -> ExportResult:
+    """A chat JSONL: `make_record(task, messages, tool schemas)` of each task's `chat_messages`."""
+    catalogue = _ToolCatalogue(tools)
+
+    def record(task: Task) -> dict[str, Any]:
+        messages = chat_messages(
+            task,
+            system_prompt=system_prompt,
+            use_final_verification=use_final_verification,
+            final_answer=final_answer,
+        )
+        return make_record(task, messages, catalogue.for_messages(messages))
+
+    return _export_jsonl(fmt, tasks, path, run, record)
+
+
 def export_openai_chat(
     tasks: Iterable[Task],
     path: str | Path,
@@ -725,18 +752,17 @@ def export_openai_chat(
     data calls that is not listed gets a schema inferred from its calls. Tasks without a usable
     trajectory are skipped (see `chat_messages`) and listed in the result and the manifest.
     """
-    catalogue = _ToolCatalogue(tools)
-
-    def record(task: Task) -> dict[str, Any]:
-        messages = chat_messages(
-            task,
-            system_prompt=system_prompt,
-            use_final_verification=use_final_verification,
-            final_answer=final_answer,
-        )
-        return {"messages": messages, "tools": catalogue.for_messages(messages)}
-
-    return _export_jsonl("openai", tasks, path, run, record)
+    return _export_chat(
+        "openai",
+        tasks,
+        path,
+        run,
+        tools,
+        lambda task, messages, schemas: {"messages": messages, "tools": schemas},
+        system_prompt=system_prompt,
+        use_final_verification=use_final_verification,
+        final_answer=final_answer,
+    )
 
 
 def export_sharegpt(
@@ -753,22 +779,21 @@ def export_sharegpt(
 
     Same trajectories and options as `export_openai_chat`.
     """
-    catalogue = _ToolCatalogue(tools)
-
-    def record(task: Task) -> dict[str, Any]:
-        messages = chat_messages(
-            task,
-            system_prompt=system_prompt,
-            use_final_verification=use_final_verification,
-            final_answer=final_answer,
-        )
-        return {
+    return _export_chat(
+        "sharegpt",
+        tasks,
+        path,
+        run,
+        tools,
+        lambda task, messages, schemas: {
             "id": task.id,
             "conversations": to_sharegpt(messages),
-            "tools": json.dumps(catalogue.for_messages(messages), ensure_ascii=False),
-        }
-
-    return _export_jsonl("sharegpt", tasks, path, run, record)
+            "tools": json.dumps(schemas, ensure_ascii=False),
+        },
+        system_prompt=system_prompt,
+        use_final_verification=use_final_verification,
+        final_answer=final_answer,
+    )
 
 
 def export_qa(

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from langgraph_taskcraft.context import Context
-from langgraph_taskcraft.runner import ItemResult, WorkItem, checkpointed_graph, run_item
+from langgraph_taskcraft.planning import WorkItem
+from langgraph_taskcraft.runner import ItemResult, checkpointed_graph, run_item
 
 logger = logging.getLogger(__name__)
 

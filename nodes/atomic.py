@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -221,7 +221,8 @@ def examples_from_tasks(tasks: Iterable[Task], limit: int = MAX_EXAMPLES) -> lis
     return examples[-limit:] if limit > 0 else []
 
 
-def _chunk_indices(document: DocumentRecord, context: Context) -> list[int]:
+def chunk_indices(document: DocumentRecord, context: Context) -> list[int]:
+    """The chunks of a document the generator reads (an image-only document: one call)."""
     count = min(len(document.chunks), max(0, context.max_chunks_per_document))
     if count == 0 and document.images:
         return [0]  # an image-only document: one call with its images
@@ -290,7 +291,7 @@ class _DocumentRun:
         self.outcome = _DocumentOutcome()
 
     async def run(self) -> _DocumentOutcome:
-        indices = _chunk_indices(self.document, self.context)
+        indices = chunk_indices(self.document, self.context)
         replies = await _all(self._extract(index) for index in indices)
         facts = self._distinct_facts(
             [(index, reply) for index, reply in zip(indices, replies, strict=True) if reply]
@@ -298,27 +299,32 @@ class _DocumentRun:
         await self._form_candidates(facts)
         return self.outcome
 
-    async def _extract(self, chunk_index: int) -> Conclusions | None:
+    async def _limited(
+        self,
+        call: Callable[[], Awaitable[T]],
+        rejection: Callable[[LLMOutputInvalid], Rejection],
+    ) -> T | None:
+        """One model call within the concurrency limit; a reply that never parsed is rejected."""
         try:
             async with self.limiter:
-                return await extract_conclusions(
-                    self.model,
-                    self.document,
-                    chunk_index,
-                    context=self.context,
-                    usage=self.usage,
-                )
+                return await call()
         except LLMOutputInvalid as exc:
-            self.outcome.rejected.append(
-                _rejection(
-                    self.document,
-                    "extract",
-                    LLMOutputInvalid.reason,
-                    f"chunk {chunk_index}: {exc.detail}",
-                    id_parts=("extract", str(chunk_index)),
-                )
-            )
+            self.outcome.rejected.append(rejection(exc))
             return None
+
+    async def _extract(self, chunk_index: int) -> Conclusions | None:
+        return await self._limited(
+            lambda: extract_conclusions(
+                self.model, self.document, chunk_index, context=self.context, usage=self.usage
+            ),
+            lambda exc: _rejection(
+                self.document,
+                "extract",
+                LLMOutputInvalid.reason,
+                f"chunk {chunk_index}: {exc.detail}",
+                id_parts=("extract", str(chunk_index)),
+            ),
+        )
 
     def _distinct_facts(self, replies: list[tuple[int, Conclusions]]) -> list[_Fact]:
         """Normalised facts in chunk order, one per distinct answer; overlong answers rejected."""
@@ -367,30 +373,26 @@ class _DocumentRun:
                     self._accept_or_reject(fact, formed, kept_answers)
 
     async def _question(self, fact: _Fact) -> FormedQuestion | None:
-        try:
-            async with self.limiter:
-                return await form_question(
-                    self.model,
-                    fact.identifier,
-                    fact.relation,
-                    fact.answer,
-                    context=self.context,
-                    usage=self.usage,
-                    examples=self.examples,
-                )
-        except LLMOutputInvalid as exc:
-            self.outcome.rejected.append(
-                _rejection(
-                    self.document,
-                    "form_question",
-                    LLMOutputInvalid.reason,
-                    exc.detail,
-                    id_parts=(fact.answer, fact.relation),
-                    answer=fact.answer,
-                    identifier=fact.identifier,
-                )
-            )
-            return None
+        return await self._limited(
+            lambda: form_question(
+                self.model,
+                fact.identifier,
+                fact.relation,
+                fact.answer,
+                context=self.context,
+                usage=self.usage,
+                examples=self.examples,
+            ),
+            lambda exc: _rejection(
+                self.document,
+                "form_question",
+                LLMOutputInvalid.reason,
+                exc.detail,
+                id_parts=(fact.answer, fact.relation),
+                answer=fact.answer,
+                identifier=fact.identifier,
+            ),
+        )
 
     def _accept_or_reject(self, fact: _Fact, formed: FormedQuestion, kept: set[str]) -> None:
         answer = _tightened_answer(fact.answer, formed.answer)
@@ -454,7 +456,7 @@ async def form_candidates(state: TaskcraftState, runtime: Runtime[Context]) -> d
     examples = examples_from_tasks(state.tasks)
 
     async def one_document(document: DocumentRecord) -> _DocumentOutcome | DocumentError:
-        if not _chunk_indices(document, context):
+        if not chunk_indices(document, context):
             return DocumentError(
                 source=document.source,
                 stage="form_candidates",

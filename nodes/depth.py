@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import BaseTool
@@ -33,7 +33,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 from pydantic import BaseModel, Field
 
-from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.context import Context, Role
 from langgraph_taskcraft.events import emit
 from langgraph_taskcraft.llm import (
     LLMOutputInvalid,
@@ -44,6 +44,7 @@ from langgraph_taskcraft.llm import (
 from langgraph_taskcraft.nodes.difficulty import next_extension
 from langgraph_taskcraft.nodes.normalise import answer_in_question
 from langgraph_taskcraft.nodes.verifier import rejection_detail, verify
+from langgraph_taskcraft.nodes.verify import rejection_from
 from langgraph_taskcraft.prompts import load, render
 from langgraph_taskcraft.records import (
     ChainStep,
@@ -59,6 +60,8 @@ from langgraph_taskcraft.state import TaskBranch
 
 if TYPE_CHECKING:
     from langgraph_taskcraft.tools import Corpus
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 SEARCH_KEY = "agent:depth_superset_search"
 SUPERSET_CHECK_KEY = "judge:depth_superset_check"
@@ -126,6 +129,16 @@ class HopRejected(Exception):
         self.detail = detail
         self.extra = extra
 
+    def rejection_fields(self) -> dict[str, Any]:
+        """The `Rejection` fields of this failure: stage, reason, detail, the attempt's question."""
+        return {
+            "stage": self.stage,
+            "reason": self.reason,
+            "detail": self.detail,
+            **self.extra,
+            "question": str(self.extra.get("question", "")),
+        }
+
 
 @contextlib.contextmanager
 def failures_as(stage: str) -> Iterator[None]:
@@ -138,6 +151,28 @@ def failures_as(stage: str) -> Iterator[None]:
         raise HopRejected(stage, LLMOutputInvalid.reason, exc.detail[:500]) from exc
     except Exception as exc:  # provider failure after retries: this attempt fails, the run goes on
         raise HopRejected(stage, "llm_error", f"{type(exc).__name__}: {exc}"[:500]) from exc
+
+
+async def ask_structured(
+    role: Role,
+    schema: type[SchemaT],
+    prompt: str,
+    *,
+    stage: str,
+    key: str,
+    context: Context,
+    usage: Usage,
+) -> SchemaT:
+    """The `role` model's `schema` reply to one prompt; a failure rejects the attempt at `stage`."""
+    with failures_as(stage):
+        return await ainvoke_structured(
+            chat_model(context, role),
+            schema,
+            [HumanMessage(prompt)],
+            context=context,
+            usage=usage,
+            key=key,
+        )
 
 
 def identifier_names(identifier: str) -> list[str]:
@@ -236,56 +271,45 @@ async def find_superset(
         HopRejected: when the agent found nothing or ran out of steps.
     """
     with failures_as("depth_superset_search"):
-        return await _run_superset_agent(task, excluded, tools=tools, context=context, usage=usage)
+        from langchain.agents import create_agent
+        from langchain.agents.middleware import ModelCallLimitMiddleware
+        from langchain.agents.structured_output import ToolStrategy
 
-
-async def _run_superset_agent(
-    task: Task,
-    excluded: Iterable[str],
-    *,
-    tools: Sequence[BaseTool],
-    context: Context,
-    usage: Usage,
-) -> Superset:
-    from langchain.agents import create_agent
-    from langchain.agents.middleware import ModelCallLimitMiddleware
-    from langchain.agents.structured_output import ToolStrategy
-
-    max_steps = max(1, int(context.agent_max_steps))
-    agent = create_agent(
-        chat_model(context, "agent"),
-        list(tools),
-        system_prompt=load("depth_superset_search_system").strip(),
-        response_format=ToolStrategy(Superset),
-        middleware=[ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")],
-        checkpointer=False,  # a one-shot run, never stored in the caller's thread
-        name="superset_search",
-    )
-    prompt = render(
-        "depth_superset_search",
-        identifier=task.identifier,
-        question=task.question,
-        excluded="\n".join(f"- {name}" for name in excluded) or "- (nothing)",
-    )
-    result = await agent.ainvoke(
-        {"messages": [HumanMessage(prompt)]},
-        # Each model call takes a few supersteps (limit check, model, counter, tools).
-        config={"recursion_limit": 6 * max_steps + 10},
-    )
-    messages: list[BaseMessage] = list(result["messages"])
-    replies = [m for m in messages if isinstance(m, AIMessage)]
-    step_limit_reached = len(replies) > max_steps
-    if step_limit_reached:
-        replies.pop()  # the limit middleware's own message: no model wrote it
-    for reply in replies:
-        record_usage(usage, SEARCH_KEY, reply)
-    superset = result.get("structured_response")
-    if not isinstance(superset, Superset):
-        detail = "step limit reached" if step_limit_reached else "no Superset reply"
-        raise HopRejected("depth_superset_search", "superset_not_found", detail)
-    if not superset.found or not superset.identifier.strip() or not superset.relation.strip():
-        raise HopRejected("depth_superset_search", "superset_not_found", "the agent gave up")
-    return superset
+        max_steps = max(1, int(context.agent_max_steps))
+        agent = create_agent(
+            chat_model(context, "agent"),
+            list(tools),
+            system_prompt=load("depth_superset_search_system").strip(),
+            response_format=ToolStrategy(Superset),
+            middleware=[ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")],
+            checkpointer=False,  # a one-shot run, never stored in the caller's thread
+            name="superset_search",
+        )
+        prompt = render(
+            "depth_superset_search",
+            identifier=task.identifier,
+            question=task.question,
+            excluded="\n".join(f"- {name}" for name in excluded) or "- (nothing)",
+        )
+        result = await agent.ainvoke(
+            {"messages": [HumanMessage(prompt)]},
+            # Each model call takes a few supersteps (limit check, model, counter, tools).
+            config={"recursion_limit": 6 * max_steps + 10},
+        )
+        messages: list[BaseMessage] = list(result["messages"])
+        replies = [m for m in messages if isinstance(m, AIMessage)]
+        step_limit_reached = len(replies) > max_steps
+        if step_limit_reached:
+            replies.pop()  # the limit middleware's own message: no model wrote it
+        for reply in replies:
+            record_usage(usage, SEARCH_KEY, reply)
+        superset = result.get("structured_response")
+        if not isinstance(superset, Superset):
+            detail = "step limit reached" if step_limit_reached else "no Superset reply"
+            raise HopRejected("depth_superset_search", "superset_not_found", detail)
+        if not superset.found or not superset.identifier.strip() or not superset.relation.strip():
+            raise HopRejected("depth_superset_search", "superset_not_found", "the agent gave up")
+        return superset
 
 
 def evidence_passage(text: str, names: Sequence[str], max_chars: int = 600) -> str:
@@ -372,15 +396,15 @@ async def check_superset(
         evidence=superset.evidence or "no source given",
         quote=superset.quote or "(no quote)",
     )
-    with failures_as(stage):
-        verdict = await ainvoke_structured(
-            chat_model(context, "judge"),
-            SupersetJudgement,
-            [HumanMessage(prompt)],
-            context=context,
-            usage=usage,
-            key=SUPERSET_CHECK_KEY,
-        )
+    verdict = await ask_structured(
+        "judge",
+        SupersetJudgement,
+        prompt,
+        stage=stage,
+        key=SUPERSET_CHECK_KEY,
+        context=context,
+        usage=usage,
+    )
     if verdict.is_synonym:
         raise HopRejected(stage, "synonym", verdict.reason)
     if not verdict.is_superset:
@@ -410,15 +434,15 @@ async def intermediate_task(
         quote=superset.quote or "(no quote)",
         identifier=task.identifier,
     )
-    with failures_as("depth_intermediate_question"):
-        reply = await ainvoke_structured(
-            chat_model(context, "generator"),
-            IntermediateQuestion,
-            [HumanMessage(prompt)],
-            context=context,
-            usage=usage,
-            key=INTERMEDIATE_KEY,
-        )
+    reply = await ask_structured(
+        "generator",
+        IntermediateQuestion,
+        prompt,
+        stage="depth_intermediate_question",
+        key=INTERMEDIATE_KEY,
+        context=context,
+        usage=usage,
+    )
     question = reply.question.strip()
     if not question or names_identifier(question, task.identifier):
         raise HopRejected("depth_intermediate_question", "answer_in_question", question=question)
@@ -459,17 +483,17 @@ async def merge_question(
         intermediate_question=intermediate_question,
         superset=superset.identifier,
         relation=superset.relation,
-        feedback=_feedback(feedback),
+        feedback=feedback_block(feedback),
     )
-    with failures_as("depth_merge"):
-        reply = await ainvoke_structured(
-            chat_model(context, "generator"),
-            MergedQuestion,
-            [HumanMessage(prompt)],
-            context=context,
-            usage=usage,
-            key=MERGE_KEY,
-        )
+    reply = await ask_structured(
+        "generator",
+        MergedQuestion,
+        prompt,
+        stage="depth_merge",
+        key=MERGE_KEY,
+        context=context,
+        usage=usage,
+    )
     merged = reply.question.strip()
     stage = "depth_merge_check"
     if not merged or _same(merged, task.question):
@@ -487,15 +511,15 @@ async def merge_question(
         superset=superset.identifier,
         merged_question=merged,
     )
-    with failures_as(stage):
-        verdict = await ainvoke_structured(
-            chat_model(context, "judge"),
-            MergeJudgement,
-            [HumanMessage(check)],
-            context=context,
-            usage=usage,
-            key=MERGE_CHECK_KEY,
-        )
+    verdict = await ask_structured(
+        "judge",
+        MergeJudgement,
+        check,
+        stage=stage,
+        key=MERGE_CHECK_KEY,
+        context=context,
+        usage=usage,
+    )
     if not verdict.same_answer:
         raise HopRejected(stage, "answer_drift", verdict.reason, question=merged)
     if not verdict.one_more_hop:
@@ -544,23 +568,6 @@ def deepened_task(
             "final_verification": None,
         },
         deep=True,
-    )
-
-
-def _rejection(task: Task, error: HopRejected, usage: Usage) -> Rejection:
-    extra = dict(error.extra)
-    return Rejection(
-        id=task.id,
-        stage=error.stage,
-        reason=error.reason,
-        detail=error.detail,
-        question=str(extra.pop("question", "")),
-        answer=task.answer,
-        source=task.source,
-        document_id=task.document_id,
-        identifier=task.identifier,
-        usage=usage,
-        **extra,
     )
 
 
@@ -652,14 +659,10 @@ async def depth_hop(
                 context=context,
                 documents=state.documents,
                 usage=attempt_usage,
-                feedback=[
-                    f"{r.reason}: {r.question} ({r.detail})"
-                    for r in rejections
-                    if r.stage == "depth_merge_check"
-                ],
+                feedback=[rejection_note(r) for r in rejections if r.stage == "depth_merge_check"],
             )
         except HopRejected as error:
-            rejection = _rejection(task, error, attempt_usage)
+            rejection = rejection_from(task, **error.rejection_fields(), usage=attempt_usage)
             rejections.append(rejection)
             emit(
                 runtime,
@@ -676,25 +679,20 @@ async def depth_hop(
             usage = merge_usage(usage, attempt_usage)
         break
 
+    # Whether or not a hop succeeded, the task keeps its failed attempts and what they cost.
+    attempts_record = {
+        "failed_attempts": [*task.failed_attempts, *rejections],
+        "usage": merge_usage(task.usage, usage),
+    }
     if deeper is None:
         emit(runtime, "depth_hop", "failed", id=task.id, hops=task.hops, attempts=len(rejections))
-        leaving = task.model_copy(
-            update={
-                "failed_attempts": [*task.failed_attempts, *rejections],
-                "usage": merge_usage(task.usage, usage),
-            }
-        )
+        leaving = task.model_copy(update=attempts_record)
         leaving = await final_verification(leaving, context=context, documents=state.documents)
         return Command(
-            update={"tasks": [leaving], "usage": _run_usage(leaving, usage)}, goto="collect"
+            update={"tasks": [leaving], "usage": run_usage(leaving, usage)}, goto="collect"
         )
 
-    deeper = deeper.model_copy(
-        update={
-            "failed_attempts": [*task.failed_attempts, *rejections],
-            "usage": merge_usage(task.usage, usage),
-        }
-    )
+    deeper = deeper.model_copy(update=attempts_record)
     emit(
         runtime,
         "depth_hop",
@@ -710,10 +708,15 @@ async def depth_hop(
             goto=Send("depth_hop", TaskBranch(task=deeper, documents=state.documents)),
         )
     deeper = await final_verification(deeper, context=context, documents=state.documents)
-    return Command(update={"tasks": [deeper], "usage": _run_usage(deeper, usage)}, goto="collect")
+    return Command(update={"tasks": [deeper], "usage": run_usage(deeper, usage)}, goto="collect")
 
 
-def _feedback(notes: Sequence[str]) -> str:
+def rejection_note(rejection: Rejection) -> str:
+    """One rejected attempt, as the next attempt's prompt is told about it."""
+    return f"{rejection.reason}: {rejection.question} ({rejection.detail})"
+
+
+def feedback_block(notes: Sequence[str]) -> str:
     """Why earlier attempts were rejected, for the next prompt (empty on the first attempt)."""
     if not notes:
         return ""
@@ -721,8 +724,8 @@ def _feedback(notes: Sequence[str]) -> str:
     return f"\nEarlier merged questions were rejected; avoid their mistakes:\n{lines}\n"
 
 
-def _run_usage(leaving: Task, hop_usage: Usage) -> Usage:
-    """Usage this node adds to the run: the hop's, plus the final verification's if it ran."""
+def run_usage(leaving: Task, node_usage: Usage) -> Usage:
+    """Usage a node adds to the run: its own, plus the final verification's if it ran."""
     if leaving.final_verification is None:
-        return hop_usage
-    return merge_usage(hop_usage, leaving.final_verification.usage)
+        return node_usage
+    return merge_usage(node_usage, leaving.final_verification.usage)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
@@ -35,20 +35,24 @@ def task_from(candidate: Candidate, verification: Verification) -> Task:
 
 
 def rejection_from(
-    candidate: Candidate, stage: str, reason: str, detail: str = "", **extra: object
+    origin: Candidate | Task, stage: str, reason: str, detail: str = "", **extra: Any
 ) -> Rejection:
-    """A rejection record that keeps the candidate's question, answer and origin."""
+    """A rejection record that keeps the candidate's (or task's) question, answer and origin.
+
+    `extra` sets further fields (`verification`, `usage`) or another `question`, e.g. the
+    extended question an attempt wrote.
+    """
+    fields: dict[str, Any] = {"question": origin.question, **extra}
     return Rejection(
-        id=candidate.id,
+        id=origin.id,
         stage=stage,
         reason=reason,
         detail=detail,
-        question=candidate.question,
-        answer=candidate.answer,
-        source=candidate.source,
-        document_id=candidate.document_id,
-        identifier=candidate.identifier,
-        **extra,  # type: ignore[arg-type]
+        answer=origin.answer,
+        source=origin.source,
+        document_id=origin.document_id,
+        identifier=origin.identifier,
+        **fields,
     )
 
 

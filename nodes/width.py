@@ -23,15 +23,20 @@ from pydantic import BaseModel, Field
 
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.events import emit
-from langgraph_taskcraft.llm import ainvoke_structured, ainvoke_text, chat_model
+from langgraph_taskcraft.llm import ainvoke_text, chat_model
 from langgraph_taskcraft.nodes.depth import (
     HopRejected,
+    ask_structured,
     compose_trajectory,
     failures_as,
+    feedback_block,
+    final_verification,
+    rejection_note,
+    run_usage,
     solving_chain,
 )
 from langgraph_taskcraft.nodes.normalise import answer_in_question
-from langgraph_taskcraft.nodes.verifier import judge_answer, verify
+from langgraph_taskcraft.nodes.verifier import judge_answer
 from langgraph_taskcraft.prompts import render
 from langgraph_taskcraft.records import (
     DocumentRecord,
@@ -75,6 +80,22 @@ def combined_answer(members: Sequence[Task]) -> str:
     return ANSWER_SEPARATOR.join(member.answer for member in members)
 
 
+def _merge_id(members: Sequence[Task]) -> str:
+    """The id of the width merge of these members (of its task, or its rejections)."""
+    return content_id("width", *(member.id for member in members))
+
+
+def _group_fields(members: Sequence[Task]) -> dict[str, Any]:
+    """What a width task, or a failed merge's rejection, takes from its members."""
+    return {
+        "id": _merge_id(members),
+        "answer": combined_answer(members),
+        "identifier": ANSWER_SEPARATOR.join(member.identifier for member in members),
+        "source": ANSWER_SEPARATOR.join(dict.fromkeys(member.source for member in members)),
+        "document_id": ",".join(dict.fromkeys(member.document_id for member in members)),
+    }
+
+
 def _members_block(members: Sequence[Task]) -> str:
     return "\n".join(
         f"{number}. Question: {member.question}\n   Answer: {member.answer}"
@@ -92,25 +113,21 @@ async def write_question(
     members: Sequence[Task], feedback: Sequence[str], *, context: Context, usage: Usage
 ) -> str:
     """Stage 1: the generator's merged question."""
-    notes = ""
-    if feedback:
-        lines = "\n".join(f"- {note}" for note in feedback)
-        notes = f"\nEarlier merged questions were rejected; avoid their mistakes:\n{lines}\n"
     prompt = render(
         "width_merge",
         members=_members_block(members),
-        feedback=notes,
+        feedback=feedback_block(feedback),
         answer=combined_answer(members),
     )
-    with failures_as("width_merge"):
-        reply = await ainvoke_structured(
-            chat_model(context, "generator"),
-            WidthQuestion,
-            [HumanMessage(prompt)],
-            context=context,
-            usage=usage,
-            key=MERGE_KEY,
-        )
+    reply = await ask_structured(
+        "generator",
+        WidthQuestion,
+        prompt,
+        stage="width_merge",
+        key=MERGE_KEY,
+        context=context,
+        usage=usage,
+    )
     question = reply.question.strip()
     if not question:
         raise HopRejected("width_merge", "empty_question")
@@ -125,15 +142,15 @@ async def check_decomposition(
     prompt = render(
         "width_decompose_check", merged_question=question, members=_questions_block(members)
     )
-    with failures_as(stage):
-        verdict = await ainvoke_structured(
-            chat_model(context, "judge"),
-            WidthDecomposition,
-            [HumanMessage(prompt)],
-            context=context,
-            usage=usage,
-            key=DECOMPOSE_KEY,
-        )
+    verdict = await ask_structured(
+        "judge",
+        WidthDecomposition,
+        prompt,
+        stage=stage,
+        key=DECOMPOSE_KEY,
+        context=context,
+        usage=usage,
+    )
     if len(verdict.sub_questions) != len(members) or not verdict.decomposes:
         detail = f"{len(verdict.sub_questions)} sub-questions for {len(members)} tasks; "
         raise HopRejected(stage, "not_decomposable", detail + verdict.reason, question=question)
@@ -183,45 +200,24 @@ def merged_task(
     usage: Usage,
 ) -> Task:
     """The width task: its own members' answers, their sub-tasks in order, summed width."""
-    answer = combined_answer(members)
+    fields = _group_fields(members)
     chain = [step for member in members for step in solving_chain(member)]
     member_usage: Usage = {}
     for member in members:
         member_usage = merge_usage(member_usage, member.usage)
     return Task(
-        id=content_id("width", *(member.id for member in members)),
+        **fields,
         question=question,
-        answer=answer,
         kind="width",
         hops=max(member.hops for member in members),
         width=sum(member.width for member in members),
         difficulty=sum(member.difficulty for member in members),
-        identifier=ANSWER_SEPARATOR.join(member.identifier for member in members),
-        source=ANSWER_SEPARATOR.join(dict.fromkeys(member.source for member in members)),
-        document_id=",".join(dict.fromkeys(member.document_id for member in members)),
         verification=verification.model_copy(update={"usage": usage}),
-        trajectory=compose_trajectory(question, answer, chain),
+        trajectory=compose_trajectory(question, fields["answer"], chain),
         chain=chain,
         members=list(members),
         failed_attempts=rejections,
         usage=merge_usage(member_usage, usage),
-    )
-
-
-def _rejection(members: Sequence[Task], error: HopRejected, usage: Usage) -> Rejection:
-    extra: dict[str, Any] = dict(error.extra)
-    return Rejection(
-        id=content_id("width", *(member.id for member in members)),
-        stage=error.stage,
-        reason=error.reason,
-        detail=error.detail,
-        question=str(extra.pop("question", "")),
-        answer=combined_answer(members),
-        source=ANSWER_SEPARATOR.join(dict.fromkeys(member.source for member in members)),
-        document_id=",".join(dict.fromkeys(member.document_id for member in members)),
-        identifier=ANSWER_SEPARATOR.join(member.identifier for member in members),
-        usage=usage,
-        **extra,
     )
 
 
@@ -248,19 +244,21 @@ async def width_merge(state: WidthBranch, runtime: Runtime[Context]) -> dict[str
     members = list(state.members)
     # The run's documents, for the optional final verification's local search.
     documents: Sequence[DocumentRecord] = state.documents
-    group_id = content_id("width", *(member.id for member in members))
+    group_id = _merge_id(members)
     usage: Usage = {}
     rejections: list[Rejection] = []
     for attempt in range(1, max(1, int(context.max_width_attempts)) + 1):
         emit(runtime, "width_merge", "started", id=group_id, members=len(members), attempt=attempt)
         attempt_usage: Usage = {}
-        feedback = [f"{r.reason}: {r.question} ({r.detail})" for r in rejections if r.question]
+        feedback = [rejection_note(r) for r in rejections if r.question]
         try:
             question, verification = await attempt_merge(
                 members, feedback, context=context, usage=attempt_usage
             )
         except HopRejected as error:
-            rejection = _rejection(members, error, attempt_usage)
+            rejection = Rejection(
+                **_group_fields(members), **error.rejection_fields(), usage=attempt_usage
+            )
             rejections.append(rejection)
             emit(
                 runtime,
@@ -275,22 +273,9 @@ async def width_merge(state: WidthBranch, runtime: Runtime[Context]) -> dict[str
         finally:
             usage = merge_usage(usage, attempt_usage)
         task = merged_task(members, question, verification, rejections, usage)
-        if context.verify_final_task:
-            final = await _final_verification(task, context=context, documents=documents)
-            usage = merge_usage(usage, final.usage)
-            task = task.model_copy(
-                update={"final_verification": final, "usage": merge_usage(task.usage, final.usage)}
-            )
+        task = await final_verification(task, context=context, documents=documents)
+        usage = run_usage(task, usage)
         emit(runtime, "width_merge", "accepted", id=task.id, width=task.width, question=question)
         return {"tasks": [task], "usage": usage}
     emit(runtime, "width_merge", "failed", id=group_id, attempts=len(rejections))
     return {"rejected": rejections, "usage": usage}
-
-
-async def _final_verification(
-    task: Task, *, context: Context, documents: Sequence[DocumentRecord]
-) -> Verification:
-    try:
-        return await verify(task.question, task.answer, context=context, documents=documents)
-    except Exception as exc:  # recorded, the task is kept: this run is informative only
-        return Verification(accepted=False, reason="llm_error", agent_reasons=[str(exc)])

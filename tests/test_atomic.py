@@ -8,6 +8,8 @@ import pytest
 from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+
+from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.nodes.atomic import (
     FormedQuestion,
     QuestionExample,
@@ -21,8 +23,6 @@ from langgraph_taskcraft.nodes.normalise import (
     canonical_text,
     normalise_answer,
 )
-
-from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.records import (
     Candidate,
     DocumentRecord,

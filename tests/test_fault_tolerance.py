@@ -24,13 +24,8 @@ import pytest
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_taskcraft.context import Context
-from langgraph_taskcraft.runner import (
-    LocalExecutor,
-    OutputFiles,
-    RunSummary,
-    read_jsonl,
-    run_batch,
-)
+from langgraph_taskcraft.outputs import OutputFiles, read_jsonl
+from langgraph_taskcraft.runner import LocalExecutor, RunSummary, run_batch
 from tests import scenario_mock
 from tests.mock_openai_server import Fault, FaultPlan, MockOpenAIServer, Rule
 from tests.scenario_mock import DOCUMENTS, comparable_records
@@ -260,10 +255,10 @@ class LaggingCheckpointer(AsyncSqliteSaver):
     node's writes are saved; later checkpoints wait, and fail once `died` is set.
     """
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, first_node_written: asyncio.Event, died: asyncio.Event) -> None:
         super().__init__(conn)
-        self.first_node_written = asyncio.Event()
-        self.died = asyncio.Event()
+        self.first_node_written = first_node_written
+        self.died = died
 
     async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
         if metadata.get("step", -1) >= 1:
@@ -282,14 +277,19 @@ class LaggingCheckpointer(AsyncSqliteSaver):
 class DyingExecutor(LocalExecutor):
     """The local executor on a `LaggingCheckpointer`."""
 
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.first_node_written = asyncio.Event()
+        self.died = asyncio.Event()
+
     async def __aenter__(self) -> DyingExecutor:
         from langgraph_taskcraft.graphs.taskcraft import builder
 
         path = Path(self.context.data_dir) / "checkpoints.sqlite"
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = await self._stack.enter_async_context(aiosqlite.connect(str(path)))
-        self.checkpointer = LaggingCheckpointer(connection)
-        self._graph = builder.compile(checkpointer=self.checkpointer, name="taskcraft")
+        saver = LaggingCheckpointer(connection, self.first_node_written, self.died)
+        self._graph = builder.compile(checkpointer=saver, name="taskcraft")
         return self
 
 
@@ -305,10 +305,10 @@ async def test_a_run_killed_before_a_background_checkpoint_is_written_loses_noth
     out = tmp_path / "out" / "tasks.jsonl"
     executor = DyingExecutor(context)
     killed = asyncio.ensure_future(run_batch(document, context, out, executor=executor))
-    while not hasattr(executor, "checkpointer") and not killed.done():
-        await asyncio.sleep(0.01)
-    await asyncio.wait_for(executor.checkpointer.first_node_written.wait(), timeout=30)
-    executor.checkpointer.died.set()  # the kill: nothing after this point is written
+    written = asyncio.ensure_future(executor.first_node_written.wait())
+    await asyncio.wait({killed, written}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    assert written.done(), f"retrieve's writes were not saved; the run: {killed}"
+    executor.died.set()  # the kill: nothing after this point is written
     killed.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await killed

@@ -131,17 +131,9 @@ async def test_project_llm_helpers_run_against_the_server(monkeypatch) -> None:
     with server as base_url:
         context = Context(generator_model="openai:mock-model", base_url=base_url, max_retries=0)
         usage: dict = {}
-        first = await ainvoke_structured(
-            chat_model(context, "generator"),
-            Conclusion,
-            [HumanMessage("Extract a Conclusion")],
-            context=context,
-            usage=usage,
-            key="generator:extract",
-        )
-        # The second call gets an invalid reply (relation missing), then re-asks within budget.
-        with pytest.raises(Exception, match="did not match the schema"):
-            await ainvoke_structured(
+
+        async def extract() -> Conclusion:
+            return await ainvoke_structured(
                 chat_model(context, "generator"),
                 Conclusion,
                 [HumanMessage("Extract a Conclusion")],
@@ -149,6 +141,11 @@ async def test_project_llm_helpers_run_against_the_server(monkeypatch) -> None:
                 usage=usage,
                 key="generator:extract",
             )
+
+        first = await extract()
+        # The second call gets an invalid reply (relation missing), then re-asks within budget.
+        with pytest.raises(Exception, match="did not match the schema"):
+            await extract()
     assert first == Conclusion(answer="42", relation="is")
     entry = usage["generator:extract"]
     assert entry.calls == 1 + 1 + context.structured_output_retries

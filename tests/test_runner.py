@@ -16,17 +16,10 @@ from langchain_core.globals import set_llm_cache
 from langchain_core.messages import BaseMessage
 
 from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.outputs import Ledger, OutputFiles
+from langgraph_taskcraft.planning import WorkItem, plan_inputs
 from langgraph_taskcraft.records import Task, Verification, content_id
-from langgraph_taskcraft.runner import (
-    ItemResult,
-    Ledger,
-    OutputFiles,
-    WorkItem,
-    checkpoint_types,
-    plan_inputs,
-    run_batch,
-    run_item,
-)
+from langgraph_taskcraft.runner import ItemResult, checkpoint_types, run_batch, run_item
 from tests import scenario_atomic
 from tests.fakes import Rule, ScriptedChatModel
 from tests.scenario_atomic import FIXTURE_TEXT, SCENARIO_CONTEXT

@@ -99,23 +99,28 @@ def width_world() -> World:
         generator_rules=[Rule(WIDTH_MERGE, write_merged)],
         judge_rules=[Rule(DECOMPOSE, decompose)],
     )
-    for title, sentence, question, answer in FACTS:
-        world.generator_rules += [
-            Rule(
-                EXTRACT + ".*" + re.escape(sentence),
-                structured(
-                    "Conclusions",
-                    identifier=title,
-                    conclusions=[{"answer": answer, "relation": f"fact about {title}"}],
-                ),
-            ),
-            Rule(
-                FORM_QUESTION + r".*Relation: fact about " + re.escape(title),
-                structured("FormedQuestion", question=question, answer=answer),
-            ),
-        ]
-        world.found_with_tools[question] = answer
+    for fact in FACTS:
+        add_fact(world, *fact)
     return world
+
+
+def add_fact(world: World, title: str, sentence: str, question: str, answer: str) -> None:
+    """A one-fact document the generator extracts and the agent answers from."""
+    world.generator_rules += [
+        Rule(
+            EXTRACT + ".*" + re.escape(sentence),
+            structured(
+                "Conclusions",
+                identifier=title,
+                conclusions=[{"answer": answer, "relation": f"fact about {title}"}],
+            ),
+        ),
+        Rule(
+            FORM_QUESTION + r".*Relation: fact about " + re.escape(title),
+            structured("FormedQuestion", question=question, answer=answer),
+        ),
+    ]
+    world.found_with_tools[question] = answer
 
 
 def task(index: int, **overrides: Any) -> Task:
@@ -384,22 +389,8 @@ async def test_a_short_remainder_is_left_unmerged(tmp_path, install, count: int)
         )
         for n in range(1, 3)
     ]
-    for title, sentence, question, answer in extra:
-        world.generator_rules += [
-            Rule(
-                EXTRACT + ".*" + re.escape(sentence),
-                structured(
-                    "Conclusions",
-                    identifier=title,
-                    conclusions=[{"answer": answer, "relation": f"fact about {title}"}],
-                ),
-            ),
-            Rule(
-                FORM_QUESTION + r".*Relation: fact about " + re.escape(title),
-                structured("FormedQuestion", question=question, answer=answer),
-            ),
-        ]
-        world.found_with_tools[question] = answer
+    for fact in extra:
+        add_fact(world, *fact)
     install(world)
     facts = (FACTS + extra)[:count]
     texts = [f"{title}\n\n{sentence}" for title, sentence, _, _ in facts]

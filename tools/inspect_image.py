@@ -9,11 +9,12 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.content import create_image_block, create_text_block
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field, model_validator
 
 from langgraph_taskcraft.loaders import LoadError, LoadSettings, load_document
 from langgraph_taskcraft.records import ImageData
+from langgraph_taskcraft.tools.base import AgentTool
 
 INSPECT_INSTRUCTIONS = (
     "You look at an image and answer a question about it. Answer from what the image shows, "
@@ -32,7 +33,7 @@ class InspectImageInput(BaseModel):
     )
 
 
-class InspectImageTool(BaseTool):
+class InspectImageTool(AgentTool):
     """Loads and downscales an image (loaders) and asks a multimodal model about it.
 
     The model is given directly (`model`) or built on first use (`model_factory`), so a tool
@@ -46,8 +47,6 @@ class InspectImageTool(BaseTool):
         "chart values, labels, text in the image, objects. Ask one specific question per call."
     )
     args_schema: type[BaseModel] = InspectImageInput
-    handle_tool_error: bool = True
-    handle_validation_error: bool = True
 
     model: BaseChatModel | None = Field(default=None, description="A multimodal chat model.")
     model_factory: Callable[[], BaseChatModel] | None = Field(

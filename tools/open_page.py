@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field, PrivateAttr
 
-from langgraph_taskcraft.loaders import LoadError, LoadSettings, load_document
+from langgraph_taskcraft.loaders import LoadError, LoadSettings, is_url, load_document
+from langgraph_taskcraft.tools.base import AgentTool
 from langgraph_taskcraft.tools.corpus import Corpus
 from langgraph_taskcraft.tools.pages import BoundedCache, render_page, split_pages
 
@@ -25,12 +26,7 @@ class OpenPageInput(BaseModel):
     )
 
 
-def is_url(target: str) -> bool:
-    """True for http(s) URLs."""
-    return target.lower().startswith(("http://", "https://"))
-
-
-class OpenPageTool(BaseTool):
+class OpenPageTool(AgentTool):
     """Reads a corpus document (by id) or a web page (by URL), `page_chars` characters a page.
 
     Problems (unknown id, dead URL, page out of range) come back as a message for the agent.
@@ -43,8 +39,6 @@ class OpenPageTool(BaseTool):
         "the next page number to read further."
     )
     args_schema: type[BaseModel] = OpenPageInput
-    handle_tool_error: bool = True
-    handle_validation_error: bool = True
 
     corpus: Corpus | None = Field(
         default=None, description="Corpus whose document ids can be opened; None: URLs only."

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field, PrivateAttr
 
-from langgraph_taskcraft.loaders import LoadError, LoadSettings, fetch_url, pdf_pages
-from langgraph_taskcraft.tools.open_page import is_url
+from langgraph_taskcraft.loaders import LoadError, LoadSettings, fetch_url, is_url, pdf_pages
+from langgraph_taskcraft.tools.base import AgentTool
 from langgraph_taskcraft.tools.pages import BoundedCache
 
 
@@ -20,7 +20,7 @@ class ReadPdfInput(BaseModel):
     page: int = Field(default=1, description="PDF page number, starting at 1.")
 
 
-class ReadPdfTool(BaseTool):
+class ReadPdfTool(AgentTool):
     """Reads one page of a PDF (path or URL) with the loaders' PDF text extraction.
 
     Encrypted, broken or missing PDFs and out-of-range pages come back as a message for the
@@ -33,8 +33,6 @@ class ReadPdfTool(BaseTool):
         "starts with `[title] page i of n`; call again with another page number to read more."
     )
     args_schema: type[BaseModel] = ReadPdfInput
-    handle_tool_error: bool = True
-    handle_validation_error: bool = True
 
     page_chars: int = Field(default=4000, ge=200, description="Characters returned per page.")
     load_settings: LoadSettings = Field(

@@ -10,10 +10,11 @@ import os
 from dataclasses import asdict
 from typing import Any, Literal
 
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import ToolException
 from langchain_core.utils import secret_from_env
 from pydantic import BaseModel, Field, SecretStr
 
+from langgraph_taskcraft.tools.base import AgentTool
 from langgraph_taskcraft.tools.corpus import (
     Corpus,
     SearchHit,
@@ -43,20 +44,23 @@ def format_results(query: str, hits: list[SearchHit]) -> str:
     )
 
 
-class LocalSearchTool(BaseTool):
-    """Keyword (BM25) search over a local `Corpus`, one result per document."""
+class SearchTool(AgentTool):
+    """What every `search` backend shares: a query in, result lines out, the hits as artifact."""
 
     name: str = "search"
+    args_schema: type[BaseModel] = SearchInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+
+
+class LocalSearchTool(SearchTool):
+    """Keyword (BM25) search over a local `Corpus`, one result per document."""
+
     description: str = (
         "Search the document collection with keyword (BM25) matching. Returns the best "
         "matching documents, one per line as `[doc_id] title — snippet`. Use specific keywords "
         "(names, titles, dates, distinctive terms); rephrase and search again if nothing fits. "
         "To read a whole document, call `open_page` with its doc_id."
     )
-    args_schema: type[BaseModel] = SearchInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-    handle_tool_error: bool = True
-    handle_validation_error: bool = True
 
     corpus: Corpus = Field(description="The documents to search.")
     max_results: int = Field(default=5, ge=1, description="Results returned by one call.")
@@ -67,7 +71,7 @@ class LocalSearchTool(BaseTool):
         return format_results(query, hits), [asdict(hit) for hit in hits]
 
 
-class TavilySearchTool(BaseTool):
+class TavilySearchTool(SearchTool):
     """Web search through the Tavily API (`tavily-python`).
 
     The API key comes from `api_key` or the `TAVILY_API_KEY` environment variable, read when the
@@ -75,17 +79,12 @@ class TavilySearchTool(BaseTool):
     `SearchUnavailable`, not at construction.
     """
 
-    name: str = "search"
     description: str = (
         "Search the web. Returns the best matching pages, one per line as "
         "`[url] title — snippet`. Use specific keywords (names, titles, dates, distinctive "
         "terms); rephrase and search again if nothing fits. To read a whole page, call "
         "`open_page` with its url."
     )
-    args_schema: type[BaseModel] = SearchInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-    handle_tool_error: bool = True
-    handle_validation_error: bool = True
 
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env("TAVILY_API_KEY", default=None),
