@@ -48,6 +48,9 @@ from langgraph_taskcraft.runner import ItemResult, checkpointed_graph, run_item
 
 logger = logging.getLogger(__name__)
 
+BUSY_TIMEOUT_MS = 60_000
+"""How long a worker waits for another process's write to the shared SQLite files."""
+
 RAY_MISSING = (
     "the Ray executor needs Ray: pip install 'ray>=2.40' (or the package's `ray` extra: "
     "pip install 'langgraph-taskcraft[ray]')"
@@ -118,6 +121,21 @@ def worker_context(context: Context, workers: int) -> Context:
     return dataclasses.replace(context, **changes)
 
 
+def _shared_sqlite_cache(path: str) -> Any:
+    """LangChain's SQLite LLM cache on `path`, waiting for other processes' writes."""
+    from langchain_community.cache import SQLiteCache
+    from sqlalchemy import event
+
+    cache = SQLiteCache(database_path=path)
+
+    def wait_for_writers(connection: Any, _record: Any) -> None:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    event.listen(cache.engine, "connect", wait_for_writers)
+    cache.engine.dispose()  # the connection opened to create the table reconnects with it
+    return cache
+
+
 class ItemWorker:
     """A Ray actor that runs work items' graph threads (see the module docstring)."""
 
@@ -131,9 +149,7 @@ class ItemWorker:
 
             cache = setup.llm_cache
             if setup.llm_cache_path:
-                from langchain_community.cache import SQLiteCache
-
-                cache = SQLiteCache(database_path=setup.llm_cache_path)
+                cache = _shared_sqlite_cache(setup.llm_cache_path)
             set_llm_cache(cache)
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
@@ -144,9 +160,11 @@ class ItemWorker:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._graph is None:
-                self._graph = await self._stack.enter_async_context(
-                    checkpointed_graph(self.context)
-                )
+                graph = await self._stack.enter_async_context(checkpointed_graph(self.context))
+                # Every worker writes to the same SQLite file: wait for the others' writes for
+                # up to a minute, not SQLite's default 5 s, which a busy machine exceeds.
+                await graph.checkpointer.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                self._graph = graph
         return self._graph
 
     async def run(

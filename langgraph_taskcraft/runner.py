@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from langgraph_taskcraft.cache import use_llm_cache as use_llm_cache  # the README imports it here
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.outputs import (
     Ledger,

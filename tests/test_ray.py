@@ -87,7 +87,7 @@ async def test_ray_run_matches_the_local_run_and_a_rerun_skips_everything(
     )
 
     assert scripted_calls() == in_driver  # every model call ran in a Ray worker
-    assert (summary.items, summary.done, summary.failed) == (9, 9, 0)
+    assert (summary.items, summary.done, summary.failed) == (9, 9, 0), summary.failures
     assert (summary.tasks, summary.rejected) == (local.tasks, local.rejected) == (12, 4)
     assert summary.usage == local.usage and calls(summary) > 0
     assert outputs(out) == outputs(tmp_path / "local" / "tasks.jsonl")
