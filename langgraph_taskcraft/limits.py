@@ -11,8 +11,8 @@ The handler runs inline (`run_inline`), in the task that makes the call, so the 
 happens before the request. A call cancelled mid-way gets no end callback from LangChain; its
 slot is then freed when the task that made the call finishes.
 
-Limits hold per process and event loop (`llm_limits`); with a Ray executor each worker applies
-them on its own.
+Limits hold per process and event loop (`llm_limits`); the Ray executor splits the run's budgets
+evenly among its workers, so the totals hold for the whole run.
 """
 
 from __future__ import annotations

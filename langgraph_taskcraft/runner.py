@@ -443,9 +443,11 @@ async def run_item(
     config = with_callback(config, llm_limits(context))
     try:
         snapshot = await graph.aget_state(config)
-        # An interrupted thread continues from its last checkpoint; a new one starts.
-        graph_input = None if snapshot.next else item.graph_input
-        if snapshot.values and not snapshot.next:
+        # An interrupted thread continues from its last checkpoint; a new one starts. Pending
+        # tasks (not `next`) say whether it finished: a kill can leave a step's writes saved
+        # before the checkpoint that would list the next nodes.
+        graph_input = None if snapshot.tasks else item.graph_input
+        if snapshot.values and not snapshot.tasks:
             values = snapshot.values  # finished before the kill, but not yet written
         else:
             values = {}
