@@ -10,7 +10,7 @@ import asyncio
 import importlib
 import weakref
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
@@ -36,10 +36,12 @@ class LLMOutputInvalid(Exception):
         self.detail = detail
 
 
-def _builtin_providers() -> set[str]:
+@cache
+def _builtin_providers() -> frozenset[str]:
+    # Asked on every model lookup (each LLM call): build the set once.
     from langchain.chat_models.base import _BUILTIN_PROVIDERS
 
-    return set(_BUILTIN_PROVIDERS)
+    return frozenset(_BUILTIN_PROVIDERS)
 
 
 def is_provider_spec(spec: str) -> bool:
