@@ -195,6 +195,15 @@ class Context:
             "`width` merges, or `both` (depth first, then width over the deepened tasks)."
         },
     )
+    width_scope: Literal["run", "document"] = field(
+        default="run",
+        metadata={
+            "description": "Which tasks a batch run (`taskcraft generate`) merges in width: "
+            "`run` groups accepted tasks across documents once the documents are done; "
+            "`document` merges only tasks of the same document. A graph run always merges "
+            "across its own input documents."
+        },
+    )
     max_hop_attempts: int = field(
         default=3,
         metadata={

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from langgraph_taskcraft.context import Context
-from langgraph_taskcraft.records import DocumentError
+from langgraph_taskcraft.records import DocumentError, Task
 
 URL_PREFIXES = ("http://", "https://")
 URL_LIST_SUFFIXES = (".urls", ".list")
@@ -200,3 +200,96 @@ def count_chunks(
             result.failed += failed
             result.unfetched_urls += unfetched
     return result
+
+
+# The run-level width merge: groups of accepted tasks across documents.
+
+WIDTH_KEY_PREFIX = "width:"
+"""Work-item keys of width groups: the prefix, then the members' task ids joined by `+`."""
+
+
+@dataclass(frozen=True)
+class TaskLine:
+    """What grouping needs of an accepted task, and where its line starts in the tasks file."""
+
+    id: str
+    kind: str
+    document_id: str
+    offset: int
+
+
+def width_group_key(member_ids: Sequence[str]) -> str:
+    """The work-item key of a width group (stable: resume finds the group again)."""
+    return WIDTH_KEY_PREFIX + "+".join(member_ids)
+
+
+def _task_lines(tasks_path: Path) -> Iterator[tuple[TaskLine, list[str]]]:
+    """Each accepted task's line summary and, for width tasks, its members' ids."""
+    if not tasks_path.exists():
+        return
+    with tasks_path.open("rb") as lines:
+        offset = 0
+        for line in lines:
+            start, offset = offset, offset + len(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                continue
+            members = [m["id"] for m in record.get("members") or [] if isinstance(m, dict)]
+            kind, document = str(record.get("kind", "")), str(record.get("document_id", ""))
+            yield TaskLine(record["id"], kind, document, start), members
+
+
+def plan_width_groups(
+    tasks_path: Path, ledger_rows: Mapping[str, tuple[str, int]], context: Context
+) -> list[WorkItem]:
+    """The width groups still to merge over the tasks accepted so far, as work items.
+
+    A task is merged at most once: members of width tasks already written, and of groups the
+    ledger has as done (even when every attempt was rejected), are left out. A group that failed
+    on a provider error is tried again with the same members while they are all free; the free
+    tasks left are grouped like a graph run groups its tasks (`width_groups`). Each item's input
+    holds the members' offsets in the tasks file, read when the group runs.
+    """
+    from langgraph_taskcraft.nodes.difficulty import width_groups
+
+    candidates: dict[str, TaskLine] = {}
+    used: set[str] = set()
+    for line, members in _task_lines(tasks_path):
+        used.update(members)
+        if line.kind != "width":
+            candidates.setdefault(line.id, line)
+    unfinished: list[list[str]] = []
+    for key, (status, _attempt) in sorted(ledger_rows.items()):
+        if key.startswith(WIDTH_KEY_PREFIX):
+            ids = key.removeprefix(WIDTH_KEY_PREFIX).split("+")
+            if status == "done":
+                used.update(ids)
+            else:
+                unfinished.append(ids)
+    groups: list[list[TaskLine]] = []
+    for ids in unfinished:
+        if all(i in candidates and i not in used for i in ids):
+            groups.append([candidates[i] for i in ids])
+            used.update(ids)
+    free = [line for task_id, line in candidates.items() if task_id not in used]
+    groups.extend(width_groups(free, context))
+    return [
+        WorkItem(
+            key=width_group_key([line.id for line in group]),
+            graph_input={"task_offsets": [line.offset for line in group]},
+        )
+        for group in groups
+    ]
+
+
+def read_tasks_at(tasks_path: Path, offsets: Sequence[int]) -> list[Task]:
+    """The accepted tasks whose lines start at `offsets` in the tasks file."""
+    tasks: list[Task] = []
+    with tasks_path.open("rb") as handle:
+        for offset in offsets:
+            handle.seek(offset)
+            tasks.append(Task.model_validate_json(handle.readline()))
+    return tasks

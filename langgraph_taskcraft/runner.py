@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from langgraph_taskcraft.context import Context
+from langgraph_taskcraft.nodes.difficulty import wants_width
 from langgraph_taskcraft.outputs import (
     Ledger,
     OutputFiles,
@@ -33,7 +34,7 @@ from langgraph_taskcraft.outputs import (
     write_failed,
     write_run_info,
 )
-from langgraph_taskcraft.planning import WorkItem, plan_inputs
+from langgraph_taskcraft.planning import WorkItem, plan_inputs, plan_width_groups, read_tasks_at
 from langgraph_taskcraft.records import (
     DocumentError,
     Rejection,
@@ -45,6 +46,8 @@ from langgraph_taskcraft.records import (
 )
 
 T = TypeVar("T")
+RunFunction = Callable[["WorkItem", dict[str, Any]], Awaitable["ItemResult"]]
+"""Runs one work item with its graph config (a document on the executor, or a width group)."""
 
 DEDUP_STAGE = "dedup"
 
@@ -243,6 +246,7 @@ async def run_batch(
     run_id = content_id(str(out.resolve()))
     ledger = await asyncio.to_thread(Ledger, data_dir / "ledger.sqlite", run_id)
     summary = RunSummary(items=len(plan.items) + len(plan.errors))
+    keys = {item.key for item in plan.items}
     if on_planned:
         on_planned(summary.items)
     executor = executor or LocalExecutor(context)
@@ -273,7 +277,7 @@ async def run_batch(
                 written = await _uncancellable(asyncio.to_thread(committer.commit, result, attempt))
             report(written)
 
-        async def process(item: WorkItem) -> None:
+        async def process(item: WorkItem, run: RunFunction) -> None:
             previous = previous_rows.get(item.key)
             if previous and previous[0] == "done":
                 report(ItemResult(key=item.key, status="skipped"))
@@ -293,7 +297,7 @@ async def run_batch(
             async with slots:
                 await asyncio.to_thread(ledger.set, item.key, "started", attempt)
                 try:
-                    result = await executor.run(item, config, on_event)
+                    result = await run(item, config)
                 except Exception as exc:  # executors report failures, but one may still raise
                     message = f"{type(exc).__name__}: {exc}"
                     result = ItemResult(item.key, "failed", message=message, resumable=True)
@@ -311,15 +315,40 @@ async def run_batch(
                 return
             await commit(ItemResult(key=key, status="done", errors=[error]), 1)
 
+        merge_width_later = wants_width(context) and context.width_scope == "run"
+
+        async def run_document(item: WorkItem, config: dict[str, Any]) -> ItemResult:
+            if merge_width_later:  # each document's tasks wait for the run-level width merge
+                item = dataclasses.replace(
+                    item, graph_input={**item.graph_input, "merge_width": False}
+                )
+            return await executor.run(item, config, on_event)
+
         async with executor:
             await _all_or_cancel(
                 [
                     *(planning_error(key, error) for key, error in plan.errors),
-                    *(process(item) for item in plan.items),
+                    *(process(item, run_document) for item in plan.items),
                 ]
             )
+        if merge_width_later:
+            rows = await asyncio.to_thread(ledger.rows)
+            groups = await asyncio.to_thread(plan_width_groups, files.tasks, rows, context)
+            previous_rows.update(rows)
+            keys.update(group.key for group in groups)
+            summary.items += len(groups)
+            if on_planned and groups:
+                on_planned(summary.items)
+            async with checkpointed_graph(context, "taskcraft_width") as width_graph:
+
+                async def run_group(item: WorkItem, config: dict[str, Any]) -> ItemResult:
+                    offsets = item.graph_input["task_offsets"]
+                    members = await asyncio.to_thread(read_tasks_at, files.tasks, offsets)
+                    item = WorkItem(item.key, {"verified": members})
+                    return await run_item(width_graph, item, config, context, on_event)
+
+                await _all_or_cancel([process(group, run_group) for group in groups])
     finally:
-        keys = {item.key for item in plan.items}
         with contextlib.suppress(Exception):
             await asyncio.to_thread(write_failed, files, ledger, keys)
         ledger.close()
@@ -409,20 +438,21 @@ def checkpoint_types() -> list[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def checkpointed_graph(context: Context) -> AsyncIterator[Any]:
-    """The `taskcraft` graph compiled with the run's SQLite checkpointer."""
+async def checkpointed_graph(context: Context, name: str = "taskcraft") -> AsyncIterator[Any]:
+    """The graph `name` (`taskcraft` or `taskcraft_width`) with the run's SQLite checkpointer."""
     import aiosqlite
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    from langgraph_taskcraft.graphs.taskcraft import builder
+    from langgraph_taskcraft.graphs import taskcraft, width
 
+    builder = {"taskcraft": taskcraft.builder, "taskcraft_width": width.builder}[name]
     path = Path(context.data_dir) / "checkpoints.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
     serde = JsonPlusSerializer(allowed_msgpack_modules=checkpoint_types())
     async with aiosqlite.connect(str(path)) as connection:
         saver = AsyncSqliteSaver(connection, serde=serde)
-        yield builder.compile(checkpointer=saver, name="taskcraft")
+        yield builder.compile(checkpointer=saver, name=name)
 
 
 async def run_item(

@@ -10,6 +10,8 @@ import operator
 from dataclasses import dataclass, field
 from typing import Annotated
 
+from pydantic import Field
+
 from langgraph_taskcraft.records import (
     Candidate,
     DocumentError,
@@ -25,11 +27,19 @@ from langgraph_taskcraft.records import (
 class InputState:
     """Input of the `taskcraft` graph."""
 
-    sources: list[str] = field(default_factory=list)
-    """Paths (files or folders) and URLs to generate tasks from."""
-
-    texts: list[str] = field(default_factory=list)
-    """Raw texts to generate tasks from (the first line serves as identifier)."""
+    sources: Annotated[
+        list[str], Field(description="Paths (files, folders, globs) and URLs to make tasks from.")
+    ] = field(default_factory=list)
+    texts: Annotated[
+        list[str], Field(description="Raw texts to make tasks from (first line: the identifier).")
+    ] = field(default_factory=list)
+    merge_width: Annotated[
+        bool,
+        Field(
+            description="Merge this run's tasks in width when the context asks for it (a batch "
+            "run turns it off per document and merges across documents at the end)."
+        ),
+    ] = field(default=True)
 
 
 @dataclass(kw_only=True)
@@ -73,3 +83,28 @@ class WidthBranch:
 
     members: list[Task]
     documents: list[DocumentRecord] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class WidthInput:
+    """Input of the `taskcraft_width` graph: verified tasks to merge in width."""
+
+    verified: Annotated[
+        list[Task],
+        Field(
+            description="Verified tasks (e.g. lines of a tasks.jsonl), merged in groups of "
+            "`target_width`."
+        ),
+    ] = field(default_factory=list)
+    documents: Annotated[
+        list[DocumentRecord],
+        Field(
+            description="Documents the optional final verification searches when no corpus "
+            "is configured."
+        ),
+    ] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class WidthState(WidthInput, OutputState):
+    """Full state of the `taskcraft_width` graph."""

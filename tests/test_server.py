@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -90,7 +91,7 @@ async def test_schemas_expose_context_fields_with_descriptions(server_url: str) 
 
     client = get_client(url=server_url)
     assistants = {a["graph_id"]: a for a in await client.assistants.search(limit=20)}
-    assert {"taskcraft", "verifier"} <= set(assistants)
+    assert {"taskcraft", "verifier", "taskcraft_width"} <= set(assistants)
     for graph_id in ("taskcraft", "verifier"):
         schemas = await client.assistants.get_schemas(assistants[graph_id]["assistant_id"])
         properties = schemas["context_schema"]["properties"]
@@ -110,6 +111,7 @@ async def test_schemas_expose_context_fields_with_descriptions(server_url: str) 
         await client.assistants.get_schemas(assistants["taskcraft"]["assistant_id"])
     )["input_schema"]["properties"]
     assert {"sources", "texts"} <= set(taskcraft_input)
+    assert all(taskcraft_input[name].get("description") for name in ("sources", "texts"))
 
 
 async def test_scripted_run_through_the_sdk_wait_and_stream(server_url: str) -> None:
@@ -144,3 +146,35 @@ async def test_scripted_run_through_the_sdk_wait_and_stream(server_url: str) -> 
     ).items()
     updated_nodes = {name for e in events if e.event == "updates" for name in e.data}
     assert {"retrieve", "form_candidates", "verify_candidate", "collect"} <= updated_nodes
+
+
+async def test_width_graph_merges_tasks_given_as_json(server_url: str, tmp_path: Path) -> None:
+    """`taskcraft_width` through the SDK: verified tasks (JSON, as in tasks.jsonl) in."""
+    from langgraph_sdk import get_client
+
+    from tests.test_width import task
+
+    client = get_client(url=server_url)
+    assistants = {a["graph_id"]: a for a in await client.assistants.search(limit=20)}
+    schemas = await client.assistants.get_schemas(assistants["taskcraft_width"]["assistant_id"])
+    assert schemas["input_schema"]["properties"]["verified"].get("description")
+    members = [task(0).model_dump(mode="json"), task(1).model_dump(mode="json")]
+    thread = await client.threads.create()
+    result: Any = await client.runs.wait(
+        thread["thread_id"],
+        "taskcraft_width",
+        input={"verified": members},
+        context={
+            "generator_model": "tests.test_width:width_generator",
+            "agent_model": "tests.test_width:width_agent",
+            "judge_model": "tests.test_width:width_judge",
+            "data_dir": str(tmp_path / "data"),
+            "extension_strategy": "width",
+            "target_width": 2,
+            "structured_output_retries": 0,
+        },
+    )
+    [merged] = result["tasks"]
+    assert merged["kind"] == "width"
+    assert sorted(merged["answer"].split("; ")) == ["1887", "312"]
+    assert {m["id"] for m in merged["members"]} == {m["id"] for m in members}
