@@ -173,3 +173,40 @@ async def test_the_width_graph_merges_given_tasks(tmp_path: Path, install) -> No
     assert [t.kind for t in result["tasks"]] == ["width", "width"]
     assert {m.id for t in result["tasks"] for m in t.members} == {r["id"] for r in verified}
     assert set(result["usage"]) >= {"generator:width_merge", "judge:width_decompose_check"}
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the process dying: nothing catches it on the way out."""
+
+
+async def test_a_run_killed_during_the_width_phase_resumes_it(tmp_path: Path, install) -> None:
+    models = install(width_world())
+    inputs = [str(corpus(tmp_path / "facts.jsonl", FACTS))]
+    for folder in ("clean", "out"):
+        (tmp_path / folder).mkdir()
+    clean = tmp_path / "clean" / "tasks.jsonl"
+    await run_batch(inputs, width_context(tmp_path / "clean"), clean)
+    out = tmp_path / "out" / "tasks.jsonl"
+    context = width_context(tmp_path / "out")
+
+    def die_at_first_merge(key: str, event: dict[str, Any]) -> None:
+        if event.get("stage") == "width_merge" and event.get("status") == "accepted":
+            raise SimulatedCrash("killed")
+
+    with pytest.raises(SimulatedCrash):
+        await run_batch(inputs, context, out, on_event=die_at_first_merge)
+    assert [r["kind"] for r in lines(out)] == ["atomic"] * 4  # documents done, no merge written
+    extractions = sum("Conclusions" in str(m) for m in models["generator"].calls)
+
+    summary = await run_batch(inputs, context, out)
+
+    assert summary.skipped == 4 and summary.tasks == 2 and summary.failed == 0
+    assert sum("Conclusions" in str(m) for m in models["generator"].calls) == extractions
+    # The same tasks (tool-call ids in trajectories are random in the scripted models).
+    resumed, uninterrupted = (
+        sorted((r["id"], r["kind"], r["question"], r["answer"]) for r in lines(path))
+        for path in (out, clean)
+    )
+    assert resumed == uninterrupted
+    ids = [r["id"] for r in lines(out)]
+    assert len(ids) == len(set(ids)) == 6
