@@ -41,6 +41,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+EXIT_ITEMS_FAILED = 3
+"""Exit status of a `generate` run that finished with failed work items (a rerun retries them)."""
+
 
 def build_context(overrides: dict[str, Any], assignments: list[str] | None = None) -> Context:
     """A Context from CLI options (None = not given) and `--set name=value` pairs."""
@@ -361,11 +364,14 @@ def generate(
         console.print(table, markup=False, highlight=False, soft_wrap=True)
     if summary.failed:
         console.print(
-            f"{summary.failed} documents failed (listed in {files.failed}); rerun the same "
-            "command to retry the failed documents."
+            f"{summary.failed} work items failed (listed in {files.failed}); rerun the same "
+            "command to retry them."
         )
     if json_summary:
         typer.echo(json.dumps(summary.as_dict()))
+    if summary.failed:
+        # Scripts can tell "finished, some items to retry" from success and from a crash (1).
+        raise typer.Exit(EXIT_ITEMS_FAILED)
 
 
 def _ordered_stages(counts: Mapping[str, int]) -> list[tuple[str, int]]:

@@ -454,3 +454,32 @@ def test_a_run_through_an_openai_compatible_server_keeps_to_its_limits(
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["done"] == len(documents) and summary["failed"] == 0
     assert sum(u["input_tokens"] for u in summary["usage"].values()) > 0
+
+
+def test_generate_exits_3_while_items_failed_and_0_once_retried(
+    inputs: Path, tmp_path: Path
+) -> None:
+    from tests import test_runner
+
+    out = tmp_path / "out" / "tasks.jsonl"
+    options = [
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tmp_path / "state"),
+        "--no-cache",
+        *MODELS,
+        "--agent-model",
+        "tests.test_runner:FLAKY_AGENT",
+    ]
+    test_runner.CRASHES["provider"] = 1  # a rate limit that outlived the client's retries
+    failed = CliRunner().invoke(app, ["generate", str(inputs), *options])
+    assert failed.exit_code == 3, failed.output
+    assert "1 work items failed" in failed.output
+    assert [row["key"] for row in lines(out.with_name("tasks.failed.jsonl"))] == [
+        str(inputs / "observatory.md")
+    ]
+
+    retried = CliRunner().invoke(app, ["generate", str(inputs), *options])
+    assert retried.exit_code == 0, retried.output
+    assert not out.with_name("tasks.failed.jsonl").exists()
