@@ -261,24 +261,17 @@ def lighthouse_world() -> World:
     )
 
 
-@functools.cache
-def _lighthouse_models() -> dict[str, ScriptedChatModel]:
-    return lighthouse_world().models()
+def server_models(
+    world: Callable[[], World],
+) -> tuple[Callable[[], ScriptedChatModel], ...]:
+    """Generator, agent and judge factories of one world, for processes that cannot install
+    models (a `langgraph dev` server): the Context names them as `module:attribute`."""
+    models = functools.cache(lambda: world().models())
+    return tuple(functools.partial(lambda role: models()[role], role) for role in ROLES)
 
 
-def lighthouse_generator() -> ScriptedChatModel:
-    """The lighthouse world's generator, for processes that cannot install one (a server)."""
-    return _lighthouse_models()["generator"]
-
-
-def lighthouse_agent() -> ScriptedChatModel:
-    """The lighthouse world's agent model, for processes that cannot install one (a server)."""
-    return _lighthouse_models()["agent"]
-
-
-def lighthouse_judge() -> ScriptedChatModel:
-    """The lighthouse world's judge, for processes that cannot install one (a server)."""
-    return _lighthouse_models()["judge"]
+ROLES = ("generator", "agent", "judge")
+lighthouse_generator, lighthouse_agent, lighthouse_judge = server_models(lighthouse_world)
 
 
 def installer(monkeypatch: pytest.MonkeyPatch) -> Callable[[World], dict[str, ScriptedChatModel]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
@@ -14,7 +13,7 @@ from langgraph_taskcraft.graphs.taskcraft import graph
 from langgraph_taskcraft.nodes.width import combined_answer, width_merge
 from langgraph_taskcraft.records import ChainStep, Task, Verification, content_id
 from langgraph_taskcraft.state import WidthBranch
-from tests.fakes import Rule, ScriptedChatModel, structured
+from tests.fakes import Rule, structured
 from tests.test_depth import (
     EXTRACT,
     FORM_QUESTION,
@@ -25,6 +24,7 @@ from tests.test_depth import (
     installer,
     make_context,
     prompts,
+    server_models,
 )
 
 
@@ -105,24 +105,7 @@ def width_world() -> World:
     return world
 
 
-@functools.cache
-def _width_models() -> dict[str, ScriptedChatModel]:
-    return width_world().models()
-
-
-def width_generator() -> ScriptedChatModel:
-    """The width world's generator, for processes that cannot install one (a server)."""
-    return _width_models()["generator"]
-
-
-def width_agent() -> ScriptedChatModel:
-    """The width world's agent model, for processes that cannot install one (a server)."""
-    return _width_models()["agent"]
-
-
-def width_judge() -> ScriptedChatModel:
-    """The width world's judge, for processes that cannot install one (a server)."""
-    return _width_models()["judge"]
+width_generator, width_agent, width_judge = server_models(width_world)
 
 
 def add_fact(world: World, title: str, sentence: str, question: str, answer: str) -> None:
