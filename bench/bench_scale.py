@@ -13,8 +13,11 @@ Benchmarks (`--only`, comma-separated; default: overhead,throughput,tokens,rerun
 
 - overhead: wall time per LLM call of a run with a zero-latency server, next to the cost of the
   same client calling the same server directly, so the framework's own share is visible.
-- throughput: documents at concurrency 1, 8 and 64 with 200 ms per call, against the ideal
-  (critical-path calls per document x latency x waves of documents).
+- throughput: with 200 ms per call, (b1) documents in flight 1, 8 and 64 against the ideal
+  (critical-path calls per document x latency x waves of documents), and (b2) LLM calls in
+  flight (`max_llm_calls`) 1, 8 and 64 with enough documents in flight to keep them busy,
+  against the ideal of calls in flight / latency calls per second (`--ray`: also with the Ray
+  executor).
 - tokens: LLM calls and tokens per accepted task, by `role:stage`, from the run's usage table.
 - memory: peak RSS for 10,000 small documents (run in a fresh process).
 - rerun: LLM calls and wall time of rerunning a finished run.
@@ -62,7 +65,7 @@ DEFAULT_BENCHMARKS = ("overhead", "throughput", "tokens", "rerun")
 ALL_BENCHMARKS = ("overhead", "throughput", "tokens", "memory", "rerun")
 TARGETS = {
     "overhead": "< 20 ms wall per LLM call (zero latency)",
-    "throughput": ">= 90 % of ideal at concurrency 64",
+    "throughput": ">= 90 % of ideal at 64 documents in flight",
     "memory": "< 500 MB peak RSS for 10,000 documents",
     "rerun": "0 LLM calls on rerun",
 }
@@ -244,6 +247,8 @@ class Measured:
     calls: int
     summary: Any
     server_cpu: float = 0.0
+    steady_rate: float | None = None
+    """LLM calls per second between 10 % and 90 % of the run's calls (when sampled)."""
 
     @property
     def wall_ms_per_call(self) -> float:
@@ -400,23 +405,46 @@ class Bench:
         profile: bool = True,
         on_result: Callable[[Any], None] | None = None,
         out: Path | None = None,
+        executor_factory: Callable[[Any], Any] | None = None,
+        sample_calls: bool = False,
         **context_overrides: Any,
     ) -> Measured:
-        """Run `run_batch` over `corpus` and measure wall time, CPU time and server calls."""
+        """Run `run_batch` over `corpus` and measure wall time, CPU time and server calls.
+
+        `executor_factory(context)` makes the run's executor (default: in this process);
+        `sample_calls` samples the server's call counter during the run (`Measured.steady_rate`).
+        """
         from langgraph_taskcraft.runner import run_batch
 
         context = context_for(server.base_url, folder / "state", **context_overrides)
+        executor = executor_factory(context) if executor_factory else None
         out = out or folder / "tasks.jsonl"
         docs = sum(1 for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip())
         before, unmatched_before = await server.counters()
         server_cpu = server.cpu_seconds()
+        samples: list[tuple[float, int]] = []
         recorder = self.profiler.record(label) if profile else contextlib.nullcontext()
         async with recorder:
             with llm_cache(folder / "state" if cache else None):
                 cpu_start, started = time.process_time(), time.perf_counter()
-                summary = await run_batch(
-                    [str(corpus)], context, out, concurrency=concurrency, on_result=on_result
+                sampler = (
+                    asyncio.ensure_future(sample_server_calls(server, samples))
+                    if sample_calls
+                    else None
                 )
+                try:
+                    summary = await run_batch(
+                        [str(corpus)],
+                        context,
+                        out,
+                        concurrency=concurrency,
+                        on_result=on_result,
+                        executor=executor,
+                    )
+                finally:
+                    if sampler is not None:
+                        sampler.cancel()
+                        await asyncio.gather(sampler, return_exceptions=True)
                 wall, cpu = time.perf_counter() - started, time.process_time() - cpu_start
         after, unmatched_after = await server.counters()
         calls = after - before
@@ -427,7 +455,24 @@ class Bench:
             say(f"  warning: {summary.failed} documents failed in {label!r}")
             for key, reason in list(getattr(summary, "failures", {}).items())[:3]:
                 say(f"    {key}: {reason}")
-        return Measured(label, docs, concurrency, wall, cpu, calls, summary, server_cpu)
+        rate = steady_rate([(t, n - before) for t, n in samples], calls)
+        return Measured(label, docs, concurrency, wall, cpu, calls, summary, server_cpu, rate)
+
+
+async def sample_server_calls(server: ScenarioServer, samples: list[tuple[float, int]]) -> None:
+    """Append (time, chat requests so far) every 0.2 s until cancelled."""
+    while True:
+        samples.append((time.perf_counter(), await server.chat_requests()))
+        await asyncio.sleep(0.2)
+
+
+def steady_rate(samples: Sequence[tuple[float, int]], calls: int) -> float | None:
+    """LLM calls per second between 10 % and 90 % of a run's calls (no start-up, no tail)."""
+    low = [(t, n) for t, n in samples if n >= 0.1 * calls]
+    high = [(t, n) for t, n in samples if n >= 0.9 * calls]
+    if not low or not high or high[0][0] <= low[0][0]:
+        return None
+    return (high[0][1] - low[0][1]) / (high[0][0] - low[0][0])
 
 
 # (a) Framework overhead per LLM call.
@@ -491,12 +536,12 @@ async def direct_baselines(bench: Bench, server: ScenarioServer) -> dict[str, tu
             ("text", "`ChatOpenAI.ainvoke` (text)", lambda: model.ainvoke(text_messages)),
             (
                 "structured",
-                "`ChatOpenAI.with_structured_output(...)`, built once",
+                "`ChatOpenAI.with_structured_output(..., include_raw=True)`, built once",
                 lambda: structured.ainvoke(judge_messages),
             ),
             (
                 "helper",
-                "taskcraft `llm.ainvoke_structured` (builds it per call)",
+                "taskcraft `llm.ainvoke_structured` (split once, parsed in place)",
                 lambda: ainvoke_structured(
                     model, AnswerJudgement, judge_messages, context=context, usage={}, key="x"
                 ),
@@ -555,11 +600,14 @@ async def bench_overhead(bench: Bench) -> None:
         usage["agent:llm_only_answer"].calls / total if "agent:llm_only_answer" in usage else 0
     )
     per_call = {key: 1000 * wall / calls for key, (_, calls, wall, _, _) in direct.items()}
-    client_mix = text_share * per_call["text"] + (1 - text_share) * per_call["structured"]
+    # The run's structured calls go through `ainvoke_structured`: weigh that, not the
+    # `with_structured_output` runnable it no longer uses per call.
+    client_mix = text_share * per_call["text"] + (1 - text_share) * per_call["helper"]
     own = base.wall_ms_per_call - client_mix
     say(
         f"Client + server alone, weighted by this run's mix ({text_share:.0%} plain text calls, "
-        f"the rest with tools/schemas): {client_mix:.1f} ms per call. Framework's own share at "
+        f"the rest through `ainvoke_structured` or with tools): {client_mix:.1f} ms per call. "
+        "Framework's own share at "
         f"1 document at a time: {own:.1f} ms per call ({own / base.wall_ms_per_call:.0%}); "
         f"with the LLM cache on: {runs[1].wall_ms_per_call - client_mix:.1f} ms per call.\n"
     )
@@ -575,7 +623,14 @@ async def bench_overhead(bench: Bench) -> None:
 
 
 async def bench_throughput(bench: Bench) -> None:
-    """(b) documents at several concurrencies with a fixed latency per call, against the ideal."""
+    """(b) throughput with a fixed latency per call: documents in flight, then calls in flight."""
+    await bench_documents_in_flight(bench)
+    if bench.args.calls_in_flight:
+        await bench_calls_in_flight(bench)
+
+
+async def bench_documents_in_flight(bench: Bench) -> None:
+    """(b1) documents at several concurrencies (documents in flight), against the ideal."""
     args = bench.args
     latency = args.latency_ms / 1000
     server = bench.servers.get(args.latency_ms)
@@ -583,7 +638,7 @@ async def bench_throughput(bench: Bench) -> None:
     rows = []
     for concurrency, docs in zip(args.concurrency, args.throughput_docs, strict=True):
         say(
-            f"(b) throughput: {docs} documents at concurrency {concurrency}, "
+            f"(b1) throughput: {docs} documents, {concurrency} documents in flight, "
             f"{args.latency_ms:g} ms per call ..."
         )
         corpus = bench.corpus(docs)
@@ -616,10 +671,10 @@ async def bench_throughput(bench: Bench) -> None:
         bench.results.setdefault("throughput", {})[concurrency] = efficiency
     say(
         table(
-            f"(b) Throughput, {args.latency_ms:g} ms per LLM call, LLM cache "
-            f"{'on' if args.llm_cache else 'off'}",
+            f"(b1) Throughput by documents in flight, {args.latency_ms:g} ms per LLM call, "
+            f"LLM cache {'on' if args.llm_cache else 'off'}, no bound on LLM calls",
             [
-                "concurrency",
+                "documents in flight",
                 "docs",
                 "LLM calls",
                 "wall s",
@@ -635,14 +690,123 @@ async def bench_throughput(bench: Bench) -> None:
         )
     )
     say(
-        f"ideal = ceil(docs / concurrency) x {CRITICAL_PATH_CALLS} calls on a document's critical "
-        f"path x {args.latency_ms:g} ms: documents in waves of `concurrency`, each wave as long "
-        "as one document's longest chain of dependent calls, and no time at all on the client. "
-        "CPU s is the benchmark process's CPU time (all threads), CPU busy its share of the wall "
-        "time: near 100 % the pipeline is CPU-bound (one event loop, one core), and no "
-        "concurrency reaches the ideal. Server CPU s: the mock server's process, on the other "
-        "core(s).\n"
+        f"ideal = ceil(docs / documents in flight) x {CRITICAL_PATH_CALLS} calls on a document's "
+        f"critical path x {args.latency_ms:g} ms: documents in waves, each wave as long as one "
+        "document's longest chain of dependent calls, and no time at all on the client. CPU s is "
+        "the benchmark process's CPU time (all threads), CPU busy its share of the wall time: "
+        "near 100 % the pipeline is CPU-bound (one event loop, one core). Server CPU s: the mock "
+        "server's process, on the other core(s).\n"
     )
+
+
+async def bench_calls_in_flight(bench: Bench) -> None:
+    """(b2) concurrency as the bound on LLM calls in flight (`max_llm_calls`), against the ideal.
+
+    Ideal = `max_llm_calls` / latency calls per second: every slot always busy. Enough documents
+    run at once (`--docs-per-slot` per slot) to keep the slots busy; the steady rate is measured
+    between 10 % and 90 % of the run's calls, so start-up and the tail do not count.
+    """
+    args = bench.args
+    latency = args.latency_ms / 1000
+    server = bench.servers.get(args.latency_ms)
+    await bench.warm_up(server)
+    plans: list[tuple[str, int, int, Callable[[Any], Any] | None]] = [
+        ("this process", calls, docs, None)
+        for calls, docs in zip(args.calls_in_flight, args.calls_docs, strict=True)
+    ]
+    if args.ray:
+        calls, docs = args.calls_in_flight[-1], args.calls_docs[-1]
+        plans.append((f"Ray, {args.ray_workers} worker processes", calls, docs, ray_executor(args)))
+    rows = []
+    for where, calls_in_flight, docs, executor_factory in plans:
+        documents_in_flight = max(2, int(args.docs_per_slot * calls_in_flight))
+        say(
+            f"(b2) throughput: {docs} documents, at most {calls_in_flight} LLM calls in flight "
+            f"({documents_in_flight} documents in flight), {where} ..."
+        )
+        folder = bench.scratch / f"calls-{calls_in_flight}-{re.sub(r'[^a-z]+', '-', where)}"
+        run = await bench.run(
+            server,
+            bench.corpus(docs),
+            folder,
+            concurrency=documents_in_flight,
+            label=f"calls in flight {calls_in_flight}, {where}",
+            cache=args.llm_cache,
+            executor_factory=executor_factory,
+            sample_calls=True,
+            max_llm_calls=calls_in_flight,
+        )
+        ideal_rate = calls_in_flight / latency
+        ideal_wall = max(run.calls / ideal_rate, CRITICAL_PATH_CALLS * latency)
+        steady = run.steady_rate
+        in_process = executor_factory is None
+        rows.append(
+            [
+                calls_in_flight,
+                where,
+                documents_in_flight,
+                docs,
+                run.calls,
+                run.wall,
+                ideal_wall,
+                run.calls / run.wall,
+                "n/a" if steady is None else steady,
+                ideal_rate,
+                f"{ideal_wall / run.wall:.0%}",
+                "n/a" if steady is None else f"{steady / ideal_rate:.0%}",
+                run.cpu_ms_per_call if in_process else "(workers)",
+                f"{run.cpu / run.wall:.0%}" if in_process else "(workers)",
+            ]
+        )
+        key = "calls_in_flight" if in_process else "calls_in_flight_ray"
+        bench.results.setdefault(key, {})[calls_in_flight] = (
+            steady or run.calls / run.wall
+        ) / ideal_rate
+    say(
+        table(
+            f"(b2) Throughput by LLM calls in flight (`max_llm_calls`), {args.latency_ms:g} ms per "
+            f"call, LLM cache {'on' if args.llm_cache else 'off'}",
+            [
+                "LLM calls in flight",
+                "where",
+                "documents in flight",
+                "docs",
+                "LLM calls",
+                "wall s",
+                "ideal s",
+                "calls/s",
+                "steady calls/s",
+                "ideal calls/s",
+                "% of ideal (wall)",
+                "% of ideal (steady)",
+                "client CPU ms/call",
+                "CPU busy",
+            ],
+            rows,
+        )
+    )
+    say(
+        f"ideal = LLM calls in flight / {args.latency_ms:g} ms calls per second (every slot always "
+        "busy; ideal s also at least one document's critical path). Steady: the rate between 10 % "
+        "and 90 % of the run's calls, without start-up and tail. A process spending c ms of CPU "
+        "per call tops out at 1000 / c calls per second, whatever the bound.\n"
+    )
+
+
+def ray_executor(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """A factory of `RayExecutor`s on the local Ray that `main_async` started."""
+
+    def make(context: Any) -> Any:
+        from langgraph_taskcraft.ray_executor import RayExecutor
+
+        return RayExecutor(
+            context,
+            workers=args.ray_workers,
+            # Every document of the run may wait on a worker at once.
+            items_per_worker=max(16, args.calls_docs[-1]),
+        )
+
+    return make
 
 
 # (c) Calls and tokens per accepted task.
@@ -1011,8 +1175,19 @@ def summary_table(results: dict[str, Any]) -> str:
         if ratio is not None:
             rows.append(
                 [
-                    "throughput",
+                    "throughput, 64 documents in flight",
                     TARGETS["throughput"],
+                    f"{ratio:.0%}",
+                    "yes" if ratio >= 0.9 else "no",
+                ]
+            )
+    for key, where in (("calls_in_flight", ""), ("calls_in_flight_ray", ", Ray")):
+        ratio = (results.get(key) or {}).get(64) or (results.get(key) or {}).get("64")
+        if ratio is not None:
+            rows.append(
+                [
+                    f"throughput, 64 LLM calls in flight{where}",
+                    ">= 90 % of 64 / latency calls per second",
                     f"{ratio:.0%}",
                     "yes" if ratio >= 0.9 else "no",
                 ]
@@ -1071,6 +1246,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="documents per concurrency of (b), same order",
     )
     parser.add_argument("--latency-ms", type=float, default=200.0, help="latency per call in (b)")
+    parser.add_argument(
+        "--calls-in-flight",
+        type=ints,
+        default=[1, 8, 64],
+        help="bounds on LLM calls in flight (`max_llm_calls`) of (b2); empty: skip (b2)",
+    )
+    parser.add_argument(
+        "--calls-docs",
+        type=ints,
+        default=[4, 32, 256],
+        help="documents per bound of (b2), same order",
+    )
+    parser.add_argument(
+        "--docs-per-slot",
+        type=float,
+        default=2.0,
+        help="documents in flight per LLM call slot in (b2) (keeps the slots busy)",
+    )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="also run the largest (b2) bound with the Ray executor (local Ray)",
+    )
+    parser.add_argument("--ray-workers", type=int, default=2, help="Ray worker processes")
     parser.add_argument("--tokens-docs", type=int, default=32)
     parser.add_argument("--memory-docs", type=int, default=10_000)
     parser.add_argument("--memory-concurrency", type=int, default=64)
@@ -1109,6 +1308,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ALL_BENCHMARKS}")
     if len(args.concurrency) != len(args.throughput_docs):
         parser.error("--concurrency and --throughput-docs need the same number of values")
+    if len(args.calls_in_flight) != len(args.calls_docs):
+        parser.error("--calls-in-flight and --calls-docs need the same number of values")
     args.chosen = [name for name in ALL_BENCHMARKS if name in chosen]
     return args
 
@@ -1123,11 +1324,27 @@ async def main_async(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "memory": bench_memory if args.chosen == ["memory"] else bench_memory_isolated,
         "rerun": bench_rerun,
     }
+    ray_started = False
+    if args.ray and "throughput" in args.chosen:
+        import ray
+
+        # Started here, so that Ray's own start-up is not part of a measured run.
+        ray.init(
+            num_cpus=os.cpu_count() or 2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        ray_started = True
     try:
         for name in args.chosen:
             await runners[name](bench)
     finally:
         bench.servers.close()
+        if ray_started:
+            import ray
+
+            ray.shutdown()
     return bench.results
 
 

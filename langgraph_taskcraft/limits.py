@@ -63,6 +63,25 @@ def _content_size(content: Any) -> tuple[int, int]:
     return chars, images
 
 
+_sizes_by_id: dict[int, tuple[Any, int]] = {}
+
+
+def _serialised_size(value: Any) -> int:
+    """Characters of `value` as JSON, remembered per object.
+
+    A bound model passes the same tool list with every call; serialising it each time cost more
+    than the rest of the estimate.
+    """
+    cached = _sizes_by_id.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    size = len(json.dumps(value, default=str))
+    if len(_sizes_by_id) >= 256:
+        _sizes_by_id.clear()
+    _sizes_by_id[id(value)] = (value, size)  # holding the value keeps its id unique
+    return size
+
+
 def estimate_prompt_tokens(
     messages: Sequence[BaseMessage], invocation_params: Mapping[str, Any] | None = None
 ) -> int:
@@ -81,7 +100,7 @@ def estimate_prompt_tokens(
             chars += len(str(call.get("name", ""))) + len(json.dumps(call.get("args", {})))
     tools = (invocation_params or {}).get("tools")
     if tools:
-        chars += len(json.dumps(tools, default=str))
+        chars += _serialised_size(tools)
     return (
         math.ceil(chars / CHARS_PER_TOKEN)
         + TOKENS_PER_MESSAGE * len(messages)
@@ -244,7 +263,13 @@ class LLMLimits(AsyncCallbackHandler):
         """Wait for a slot and for the request's estimated tokens."""
         if not self._on_this_loop():
             return
-        estimate = sum(estimate_prompt_tokens(m, invocation_params) for m in messages)
+        # The estimate only feeds the token bucket: without one, skip it (it serialises the
+        # request's tool schemas, a noticeable share of the CPU per call).
+        estimate = (
+            sum(estimate_prompt_tokens(m, invocation_params) for m in messages)
+            if self._bucket is not None
+            else 0
+        )
         if self._slots is not None:
             await self._slots.acquire()
         try:

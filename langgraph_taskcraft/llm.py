@@ -10,13 +10,15 @@ import asyncio
 import importlib
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.rate_limiters import InMemoryRateLimiter
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableSequence
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
 from langgraph_taskcraft.context import Context, Role
@@ -162,27 +164,88 @@ async def ainvoke_text(
     return message_text(reply)
 
 
-_structured_runnables: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnable]] = {}
+@dataclass(frozen=True)
+class _StructuredCall:
+    """A structured-output request split in two: the model call and the parsing of its reply.
+
+    `model.with_structured_output(schema, include_raw=True)` wraps the call in a map, an assign,
+    lambdas (run in a thread pool when awaited) and a fallback: several milliseconds of CPU per
+    call. Here the model (with the schema bound) is awaited as one traced chat-model call, and
+    its reply is parsed in place by the provider's own parser steps.
+    """
+
+    model: Runnable
+    parser: Runnable | None
+    """None: `model` is the `include_raw=True` runnable itself (a shape we could not split)."""
+
+    async def ainvoke(self, prompt: list[BaseMessage]) -> tuple[Any, Any, Exception | None]:
+        """(raw reply, parsed value or None, parsing error or None)."""
+        if self.parser is None:
+            result: dict[str, Any] = await self.model.ainvoke(prompt)
+            return result.get("raw"), result.get("parsed"), result.get("parsing_error")
+        raw = await self.model.ainvoke(prompt)
+        try:
+            # No callbacks: the parse is pure CPU, and the run's async handlers would otherwise
+            # be driven from this synchronous call in a thread of their own.
+            return raw, self.parser.invoke(raw, _NO_CALLBACKS), None
+        except Exception as exc:  # any parser failure is a re-ask, as with `include_raw=True`
+            return raw, None, exc
 
 
-def _structured_runnable(model: BaseChatModel, schema: type[BaseModel], method: str) -> Runnable:
-    """`model.with_structured_output(schema, include_raw=True)`, built once per model and schema.
+_NO_CALLBACKS: RunnableConfig = {"callbacks": []}
+
+_structured_calls: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, _StructuredCall]]
+_structured_calls = {}
+
+
+def _precomputed_trace_schema(bound: Runnable) -> Runnable:
+    """`bound` with its `ls_structured_output_format` schema converted once, not per call.
+
+    LangChain converts that schema (a pydantic class) to JSON Schema on every call, only to put
+    it in the run's tracing metadata; given the OpenAI tool dict it yields the same metadata.
+    """
+    if not isinstance(bound, RunnableBinding):
+        return bound
+    trace_format = bound.kwargs.get("ls_structured_output_format")
+    if not isinstance(trace_format, dict) or isinstance(trace_format.get("schema"), dict):
+        return bound
+    try:
+        schema = convert_to_openai_tool(trace_format["schema"])
+    except Exception:  # noqa: BLE001 - LangChain then leaves the metadata out; so do we
+        return bound
+    return bound.bind(ls_structured_output_format={**trace_format, "schema": schema})
+
+
+def _build_structured_call(
+    model: BaseChatModel, schema: type[BaseModel], method: str
+) -> _StructuredCall:
+    options: dict[str, Any] = {}
+    # BaseChatModel's generic implementation (tool calling) accepts no `method`; providers do.
+    if type(model).with_structured_output is not BaseChatModel.with_structured_output:
+        options["method"] = method
+    structured = model.with_structured_output(schema, **options)
+    # Providers return `model_with_schema | parser steps`; anything else keeps the slow path.
+    if isinstance(structured, RunnableSequence) and len(structured.steps) >= 2:
+        first, *rest = structured.steps
+        parser = rest[0] if len(rest) == 1 else RunnableSequence(*rest)
+        return _StructuredCall(_precomputed_trace_schema(first), parser)
+    return _StructuredCall(model.with_structured_output(schema, include_raw=True, **options), None)
+
+
+def _structured_call(model: BaseChatModel, schema: type[BaseModel], method: str) -> _StructuredCall:
+    """The structured-output call of `model` for `schema`, built once per model and schema.
 
     Building it converts the schema to JSON Schema, a noticeable share of the CPU per call.
     """
     key = (id(model), schema, method)
-    cached = _structured_runnables.get(key)
+    cached = _structured_calls.get(key)
     if cached is not None and cached[0] is model:
         return cached[1]
-    options: dict[str, Any] = {"include_raw": True}
-    # BaseChatModel's generic implementation (tool calling) accepts no `method`; providers do.
-    if type(model).with_structured_output is not BaseChatModel.with_structured_output:
-        options["method"] = method
-    runnable = model.with_structured_output(schema, **options)
-    if len(_structured_runnables) >= 64:  # models made afresh by a factory: do not hoard them
-        _structured_runnables.clear()
-    _structured_runnables[key] = (model, runnable)  # holding the model keeps its id unique
-    return runnable
+    call = _build_structured_call(model, schema, method)
+    if len(_structured_calls) >= 64:  # models made afresh by a factory: do not hoard them
+        _structured_calls.clear()
+    _structured_calls[key] = (model, call)  # holding the model keeps its id unique
+    return call
 
 
 async def ainvoke_structured(
@@ -199,16 +262,15 @@ async def ainvoke_structured(
     Raises:
         LLMOutputInvalid: when no attempt produced a reply that validates.
     """
-    structured = _structured_runnable(model, schema, context.structured_output_method)
+    structured = _structured_call(model, schema, context.structured_output_method)
     prompt = list(messages)
     problem = "no reply"
     for _ in range(1 + max(0, int(context.structured_output_retries))):
-        result: dict[str, Any] = await structured.ainvoke(prompt)
-        record_usage(usage, key, result.get("raw"))
-        parsed = result.get("parsed")
-        if isinstance(parsed, schema) and result.get("parsing_error") is None:
+        raw, parsed, error = await structured.ainvoke(prompt)
+        record_usage(usage, key, raw)
+        if isinstance(parsed, schema) and error is None:
             return parsed
-        problem = str(result.get("parsing_error") or "the reply contained no structured output")
+        problem = str(error or "the reply contained no structured output")
         # Re-ask with the error spelled out; the raw reply is not echoed back because a dangling
         # tool call without its result is invalid input for most providers.
         prompt = [

@@ -6,8 +6,10 @@ Stages, each a graph node:
 2. `judge_llm_only`: the judge compares that answer with the golden answer
    (`judge_samples` verdicts). If the model alone already scores at least `llm_only_max_score`
    the task does not need tools: rejected `answered_without_tools`, and the agent is skipped.
-3. `run_agent`: a tool-using ReAct agent (`langchain.agents.create_agent`) answers within
-   `agent_max_steps` model calls; its messages are kept as an OpenAI-format trajectory.
+3. `run_agent`: a tool-using ReAct agent answers within `agent_max_steps` model calls; its
+   messages are kept as an OpenAI-format trajectory. The loop is `langchain.agents.create_agent`'s
+   (with `ModelCallLimitMiddleware`), run inline with the tools bound once per run; tools that
+   need injected arguments (state, runtime) run through `create_agent` itself.
 4. `judge_agent`: accepted only when the agent scores at least `agent_min_score`, else rejected
    `agent_failed`. (The paper's official code never checks the agent's score; we do.)
 
@@ -21,19 +23,23 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterator, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
     HumanMessage,
     SystemMessage,
+    ToolCall,
+    ToolMessage,
     convert_to_openai_messages,
 )
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.llm import (
@@ -176,37 +182,20 @@ def route_after_llm_only(state: VerifierState) -> Literal["run_agent", "__end__"
 
 async def run_agent(state: VerifierState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Let a tool-using ReAct agent answer the question within `agent_max_steps` model calls."""
-    from langchain.agents import create_agent
-    from langchain.agents.middleware import ModelCallLimitMiddleware
-
     context = runtime.context
     max_steps = max(1, int(context.agent_max_steps))
     tools = _agent_tools_override.get()
     if tools is None:
         tools = await _default_tools(context, state.documents)
     system_prompt = load("verifier_agent").strip()
-    agent = create_agent(
-        chat_model(context, "agent"),
-        list(tools),
-        system_prompt=system_prompt,
-        middleware=[ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")],
-        # One-shot run: never persist it into (or resume it from) a caller's checkpointer.
-        checkpointer=False,
-    )
+    model = chat_model(context, "agent")
     question = HumanMessage(state.question)
-    result = await agent.ainvoke(
-        {"messages": [question]},
-        # Each model call takes a few supersteps (limit check, model, counter, tools).
-        config={"recursion_limit": 6 * max_steps + 10, "run_name": "verifier_agent"},
-    )
-    messages: list[BaseMessage] = list(result["messages"])
-    model_replies = [m for m in messages if isinstance(m, AIMessage)]
-    step_limit_reached = len(model_replies) > max_steps
-    if step_limit_reached:
-        # The limit middleware ends the run by appending a message of its own, which no model
-        # wrote: it is dropped from the steps, the usage and the trajectory.
-        injected = model_replies.pop()
-        messages = [m for m in messages if m is not injected]
+    request = AgentRequest(model, tools, system_prompt, question, max_steps)
+    if any(_injects_arguments(tool) for tool in tools):
+        run = await _run_create_agent(request)
+    else:
+        run = await _run_react_loop(request)
+    messages, model_replies, step_limit_reached = run
     usage: Usage = {}
     for reply in model_replies:
         record_usage(usage, AGENT_RUN_KEY, reply)
@@ -222,6 +211,126 @@ async def run_agent(state: VerifierState, runtime: Runtime[Context]) -> dict[str
         "trajectory": trajectory,
         "usage": usage,
     }
+
+
+AgentRun = tuple[list[BaseMessage], list[AIMessage], bool]
+"""(messages after the system prompt, the model's replies, whether the step limit ended it)."""
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    """One agent run: the model, its tools and prompt, the question, the model-call limit."""
+
+    model: BaseChatModel
+    tools: Sequence[BaseTool]
+    system_prompt: str
+    question: HumanMessage
+    max_steps: int
+
+
+async def _run_react_loop(request: AgentRequest) -> AgentRun:
+    """The ReAct loop of `create_agent` with a model-call limit, without a graph per run.
+
+    Same messages as `create_agent(model, tools, system_prompt=...)` with
+    `ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")`: the model is called
+    with the system prompt and the conversation; the tool calls of each reply run concurrently
+    (errors come back as `ToolNode` words them); the run ends at a reply without tool calls or
+    after `max_steps` model calls (the last step's tools still run). Tools are bound once per
+    run (`create_agent` binds them on every model call) and no agent graph is compiled and
+    stepped: that was a large share of the CPU per LLM call.
+    """
+    bound = request.model.bind_tools(list(request.tools))
+    tools_by_name = {tool.name: tool for tool in request.tools}
+    system = SystemMessage(request.system_prompt)
+    messages: list[BaseMessage] = [request.question]
+    replies: list[AIMessage] = []
+    while len(replies) < request.max_steps:
+        reply = await bound.ainvoke([system, *messages])
+        if not isinstance(reply, AIMessage):
+            raise TypeError(f"the agent model returned a {type(reply).__name__}, not a message")
+        replies.append(reply)
+        messages.append(reply)
+        if not reply.tool_calls:
+            return messages, replies, False
+        results = await _gather_or_cancel(
+            [_call_tool(tools_by_name, call) for call in reply.tool_calls]
+        )
+        messages.extend(results)
+    return messages, replies, True
+
+
+async def _call_tool(tools_by_name: dict[str, BaseTool], call: ToolCall) -> ToolMessage:
+    """Run one tool call as `ToolNode` does: unknown tools and invalid arguments are answered
+    with an error message for the model; any other exception propagates."""
+    from langgraph.prebuilt.tool_node import INVALID_TOOL_NAME_ERROR_TEMPLATE, ToolInvocationError
+
+    tool = tools_by_name.get(call["name"])
+    if tool is None:
+        content = INVALID_TOOL_NAME_ERROR_TEMPLATE.format(
+            requested_tool=call["name"], available_tools=", ".join(tools_by_name)
+        )
+        return ToolMessage(content, name=call["name"], tool_call_id=call["id"], status="error")
+    try:
+        result = await tool.ainvoke({**call, "type": "tool_call"})
+    except ValidationError as exc:
+        error = ToolInvocationError(call["name"], exc, call["args"], exc.errors(include_url=False))
+        return ToolMessage(
+            error.message, name=call["name"], tool_call_id=call["id"], status="error"
+        )
+    if isinstance(result, ToolMessage):
+        return result
+    return ToolMessage(str(result), name=call["name"], tool_call_id=call["id"])
+
+
+def _injects_arguments(tool: BaseTool) -> bool:
+    """Whether a tool takes arguments the model does not write (state, runtime, store).
+
+    Only `create_agent`'s `ToolNode` fills those in; such tools take that slower path.
+    """
+    if isinstance(tool.args_schema, dict):
+        return False
+    try:
+        call_schema = tool.tool_call_schema  # memoised per tool; binding needs it anyway
+        if isinstance(call_schema, dict):
+            return False
+        if not issubclass(call_schema, BaseModel):
+            return True  # pydantic v1 schemas: left to ToolNode
+        input_schema = tool.get_input_schema()
+        if not issubclass(input_schema, BaseModel):
+            return True
+        return set(call_schema.model_fields) != set(input_schema.model_fields)
+    except Exception:  # noqa: BLE001 - in doubt, let ToolNode handle it
+        return True
+
+
+async def _run_create_agent(request: AgentRequest) -> AgentRun:
+    """The same run with `langchain.agents.create_agent` (for tools with injected arguments)."""
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import ModelCallLimitMiddleware
+
+    max_steps = request.max_steps
+    agent = create_agent(
+        request.model,
+        list(request.tools),
+        system_prompt=request.system_prompt,
+        middleware=[ModelCallLimitMiddleware(run_limit=max_steps, exit_behavior="end")],
+        # One-shot run: never persist it into (or resume it from) a caller's checkpointer.
+        checkpointer=False,
+    )
+    result = await agent.ainvoke(
+        {"messages": [request.question]},
+        # Each model call takes a few supersteps (limit check, model, counter, tools).
+        config={"recursion_limit": 6 * max_steps + 10, "run_name": "verifier_agent"},
+    )
+    messages: list[BaseMessage] = list(result["messages"])
+    model_replies = [m for m in messages if isinstance(m, AIMessage)]
+    step_limit_reached = len(model_replies) > max_steps
+    if step_limit_reached:
+        # The limit middleware ends the run by appending a message of its own, which no model
+        # wrote: it is dropped from the steps, the usage and the trajectory.
+        injected = model_replies.pop()
+        messages = [m for m in messages if m is not injected]
+    return messages, model_replies, step_limit_reached
 
 
 async def _default_tools(
@@ -364,6 +473,50 @@ def rejection_detail(verification: Verification) -> str:
 _isolated_graph: Any = None
 
 
+def _verifier_graph() -> Any:
+    """The compiled `verifier` graph without a checkpointer."""
+    global _isolated_graph
+    if _isolated_graph is None:
+        from langgraph_taskcraft.graphs.verifier import graph
+
+        # Called from a node of a checkpointed graph, the verifier would otherwise inherit the
+        # caller's checkpointer and store every stage of every verification (trajectories
+        # included) in the caller's thread; a verification is short and never resumed.
+        _isolated_graph = graph.copy(update={"checkpointer": False})
+    return _isolated_graph
+
+
+def _apply(state: VerifierState, update: dict[str, Any]) -> VerifierState:
+    """`state` after a node's update, with the graph's reducer for `usage`."""
+    if "usage" in update:
+        update = {**update, "usage": merge_usage(state.usage, update["usage"])}
+    return state.model_copy(update=update)
+
+
+async def run_verifier_stages(
+    question: str,
+    golden_answer: str,
+    *,
+    context: Context,
+    documents: Sequence[DocumentRecord] = (),
+) -> VerifierState:
+    """Run the `verifier` graph's nodes in its order, in this task, without the graph.
+
+    The same nodes, edges and usage reducer as `graphs/verifier.py`; what is saved is a nested
+    graph run (its task scheduling, channels and callbacks) per verification, a noticeable share
+    of the CPU per LLM call of a batch. Model and tool calls still inherit the caller's config
+    (callbacks, limits, tracing) from the running node.
+    """
+    runtime: Runtime[Context] = Runtime(context=context)
+    state = VerifierState(question=question, golden_answer=golden_answer, documents=[*documents])
+    state = _apply(state, await answer_without_tools(state, runtime))
+    state = _apply(state, await judge_llm_only(state, runtime))
+    if route_after_llm_only(state) == "run_agent":
+        state = _apply(state, await run_agent(state, runtime))
+        state = _apply(state, await judge_agent(state, runtime))
+    return state
+
+
 async def verify(
     question: str,
     golden_answer: str,
@@ -373,7 +526,10 @@ async def verify(
     config: RunnableConfig | None = None,
     tools: Sequence[BaseTool] | None = None,
 ) -> Verification:
-    """Run the `verifier` graph on one question and return its verdict.
+    """Verify one question with the `verifier` graph's stages and return the verdict.
+
+    Without `config` the stages run inline (`run_verifier_stages`), inheriting the calling
+    node's config; with one, the compiled `verifier` graph runs with it.
 
     Args:
         question: The question to verify.
@@ -386,24 +542,22 @@ async def verify(
     Raises:
         Exception: provider errors (after the client's own retries) propagate.
     """
-    global _isolated_graph
-    if _isolated_graph is None:
-        from langgraph_taskcraft.graphs.verifier import graph
-
-        # Called from a node of a checkpointed graph, the verifier would otherwise inherit the
-        # caller's checkpointer and store every stage of every verification (trajectories
-        # included) in the caller's thread; a verification is short and never resumed.
-        _isolated_graph = graph.copy(update={"checkpointer": False})
     tools_scope = override_agent_tools(tools) if tools is not None else contextlib.nullcontext()
     with tools_scope:
-        result = await _isolated_graph.ainvoke(
-            VerifierInput(
-                question=question, golden_answer=golden_answer, documents=list(documents)
-            ),
-            config=config,
-            context=context,
-        )
-    verification = result.get("verification")
+        if config is None:
+            state = await run_verifier_stages(
+                question, golden_answer, context=context, documents=documents
+            )
+            verification = state.verification
+        else:
+            result = await _verifier_graph().ainvoke(
+                VerifierInput(
+                    question=question, golden_answer=golden_answer, documents=list(documents)
+                ),
+                config=config,
+                context=context,
+            )
+            verification = result.get("verification")
     if not isinstance(verification, Verification):
         raise RuntimeError("the verifier graph ended without a verification")
     return verification
