@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 ENV_PREFIX = "TASKCRAFT_"
 
@@ -56,6 +57,14 @@ class Context:
     temperature: float = field(
         default=0.2,
         metadata={"description": "Sampling temperature for all roles."},
+    )
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "description": "Sampling seed sent with every request to `openai:` models (OpenAI, "
+            "and OpenAI-compatible servers such as vLLM, which then sample reproducibly); "
+            "empty: none. Recorded in the run info and every dataset manifest."
+        },
     )
     structured_output_method: Literal["function_calling", "json_schema", "json_mode"] = field(
         default="function_calling",
@@ -250,6 +259,11 @@ def parse_field_value(raw: str, annotation: Any, name: str) -> Any:
     """Turn a string (environment, command line) into the field's type."""
     while get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
+    options = get_args(annotation)
+    if type(None) in options and get_origin(annotation) in (Union, UnionType):  # `T | None`
+        if raw.strip().lower() in {"", "none", "null"}:
+            return None
+        (annotation,) = (option for option in options if option is not type(None))
     if annotation is bool:
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     if annotation is int:

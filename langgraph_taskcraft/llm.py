@@ -82,7 +82,7 @@ def _rate_limiter(requests_per_minute: float) -> InMemoryRateLimiter:
     )
 
 
-ModelKey = tuple[str, str, float, int, float, float]
+ModelKey = tuple[str, str, float, int, float, float, int | None]
 
 # Models are cached per event loop: an OpenAI client's connection pool belongs to the loop that
 # opened it, so a second `asyncio.run` (a notebook, a script calling `run_batch` twice) must not
@@ -95,7 +95,7 @@ _models_outside_loops: dict[ModelKey, BaseChatModel] = {}
 def _provider_model(key: ModelKey) -> BaseChatModel:
     from langchain.chat_models import init_chat_model
 
-    spec, base_url, temperature, max_retries, timeout, requests_per_minute = key
+    spec, base_url, temperature, max_retries, timeout, requests_per_minute, seed = key
     kwargs: dict[str, Any] = {
         "temperature": temperature,
         "max_retries": max_retries,
@@ -106,6 +106,8 @@ def _provider_model(key: ModelKey) -> BaseChatModel:
 
         if base_url:
             kwargs["base_url"] = base_url
+        if seed is not None:  # other providers' clients refuse an unknown `seed` argument
+            kwargs["seed"] = seed
         # Its own async HTTP client (langchain-openai otherwise shares one across loops).
         kwargs["http_async_client"] = openai.DefaultAsyncHttpxClient(timeout=timeout)
     if requests_per_minute > 0:
@@ -125,6 +127,7 @@ def chat_model(context: Context, role: Role) -> BaseChatModel:
         int(context.max_retries),
         float(context.request_timeout),
         float(context.requests_per_minute),
+        context.seed,
     )
     try:
         models = _models_by_loop.setdefault(asyncio.get_running_loop(), {})

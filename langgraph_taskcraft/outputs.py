@@ -319,7 +319,8 @@ def write_run_info(
         "inputs": list(inputs),
         "config": config,
         "models": models_by_role_of(config),
-        "seed": None,  # nothing in the pipeline is drawn at random; sampling is the providers'
+        # Nothing in the pipeline itself is drawn at random: sampling is the providers'.
+        "seed": context.seed,
         "dedup_threshold": dedup_threshold,
         "executor": executor,
         "earlier_configs": earlier[-20:],

@@ -75,7 +75,7 @@ def copies(tmp_path: Path) -> Path:
 def generated(copies: Path, tmp_path: Path) -> Path:
     """The output of a run over `copies`."""
     out = tmp_path / "run" / "tasks.jsonl"
-    generate(copies, out, tmp_path / "state", "--no-cache", *MODELS)
+    generate(copies, out, tmp_path / "state", "--no-cache", "--set", "seed=7", *MODELS)
     return out
 
 
@@ -249,6 +249,7 @@ def test_export_writes_every_format_with_its_manifest(generated: Path, tmp_path:
     assert manifest["config"]["generator_model"] == "tests.scenario_atomic:GENERATOR"
     assert manifest["models"]["agent"] == "tests.scenario_atomic:AGENT"
     assert manifest["counts"]["tasks"] == 1
+    assert manifest["seed"] == manifest["config"]["seed"] == 7
     assert sorted(manifest["files"]) == [n for n in names if n != "manifest.json"]
 
     qa = lines(dataset / "qa.jsonl")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from langchain_core.language_models import BaseChatModel
 
@@ -63,6 +65,26 @@ def test_openai_model_uses_base_url_and_is_built_lazily(monkeypatch: pytest.Monk
     assert str(model.openai_api_base) == "http://127.0.0.1:9/v1"  # type: ignore[attr-defined]
     assert model.model_name == "my-local-model"  # type: ignore[attr-defined]
     assert chat_model(context, "agent") is model  # one client per configuration
+
+
+def test_seed_is_sent_with_every_openai_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seed makes OpenAI-compatible servers (vLLM) sample reproducibly: it must reach them."""
+    import asyncio
+
+    from tests.mock_openai_server import MockOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("TASKCRAFT_SEED", "1234")
+    seeded = Context(agent_model="openai:mock-model", max_retries=0)
+    assert seeded.seed == 1234
+    monkeypatch.setenv("TASKCRAFT_SEED", "none")
+    assert Context().seed is None
+    server = MockOpenAIServer(default="pong")
+    with server as base_url:
+        for context in (seeded, Context(agent_model="openai:mock-model", max_retries=0)):
+            context = dataclasses.replace(context, base_url=base_url)
+            asyncio.run(chat_model(context, "agent").ainvoke("ping"))
+    assert [request.get("seed") for request in server.requests] == [1234, None]
 
 
 def test_importing_graphs_builds_no_client(monkeypatch: pytest.MonkeyPatch) -> None:
