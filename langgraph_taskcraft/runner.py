@@ -451,6 +451,10 @@ async def checkpointed_graph(context: Context, name: str = "taskcraft") -> Async
     path.parent.mkdir(parents=True, exist_ok=True)
     serde = JsonPlusSerializer(allowed_msgpack_modules=checkpoint_types())
     async with aiosqlite.connect(str(path)) as connection:
+        # As the ledger: a killed process loses nothing committed, without an fsync per step,
+        # and readers (other Ray workers) do not wait for writers.
+        await connection.execute("PRAGMA journal_mode=WAL")
+        await connection.execute("PRAGMA synchronous=NORMAL")
         saver = AsyncSqliteSaver(connection, serde=serde)
         yield builder.compile(checkpointer=saver, name=name)
 
