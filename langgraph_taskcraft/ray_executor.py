@@ -17,7 +17,8 @@ the first item that has to run, so a rerun of a finished run starts neither.
 
 Workers are set up like the driver: same working directory (relative input paths resolve the
 same way), the driver's own source folders on `sys.path` (model specs such as
-`tests.scenario:MODEL` import), and the driver's LLM cache (`set_llm_cache`) when one is set.
+`tests.scenario:MODEL` import), and the driver's LLM cache (`set_llm_cache`) when one is set:
+a `RequestCache` travels as its path, and all workers share its SQLite file.
 Budgets that a process enforces alone (`requests_per_minute`, `tokens_per_minute`,
 `max_llm_calls`) are split evenly among the workers, so that together they keep to the
 configured totals.
@@ -63,8 +64,7 @@ class WorkerSetup:
 
     working_dir: str
     python_paths: tuple[str, ...] = ()
-    llm_cache_path: str | None = None  # a SQLiteCache's database
-    llm_cache: Any = None  # any other (picklable) LangChain cache
+    llm_cache: Any = None  # the driver's (picklable) LangChain cache: a RequestCache is its path
 
 
 def _installed_locations() -> list[Path]:
@@ -87,19 +87,11 @@ def _source_paths() -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def _driver_llm_cache() -> tuple[str | None, Any]:
-    """The driver's global LLM cache: a SQLite path to reopen, or an object to ship."""
+def _driver_llm_cache() -> Any:
+    """The driver's global LLM cache (None: none), to ship to the workers."""
     from langchain_core.globals import get_llm_cache
 
-    cache = get_llm_cache()
-    if cache is None:
-        return None, None
-    # A SQLiteCache holds a database engine that cannot be shipped: workers reopen its file.
-    community = sys.modules.get("langchain_community.cache")  # loaded if such a cache exists
-    if community is not None and isinstance(cache, community.SQLiteCache):
-        database = cache.engine.url.database
-        return (str(Path(database).resolve()) if database else None), None
-    return None, cache
+    return get_llm_cache()
 
 
 def worker_context(context: Context, workers: int) -> Context:
@@ -121,21 +113,6 @@ def worker_context(context: Context, workers: int) -> Context:
     return dataclasses.replace(context, **changes)
 
 
-def _shared_sqlite_cache(path: str) -> Any:
-    """LangChain's SQLite LLM cache on `path`, waiting for other processes' writes."""
-    from langchain_community.cache import SQLiteCache
-    from sqlalchemy import event
-
-    cache = SQLiteCache(database_path=path)
-
-    def wait_for_writers(connection: Any, _record: Any) -> None:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-
-    event.listen(cache.engine, "connect", wait_for_writers)
-    cache.engine.dispose()  # the connection opened to create the table reconnects with it
-    return cache
-
-
 class ItemWorker:
     """A Ray actor that runs work items' graph threads (see the module docstring)."""
 
@@ -144,13 +121,11 @@ class ItemWorker:
         with contextlib.suppress(OSError):  # a node without the driver's folder keeps its own
             os.chdir(setup.working_dir)
         sys.path.extend(p for p in setup.python_paths if p not in sys.path)
-        if setup.llm_cache_path or setup.llm_cache is not None:
+        if setup.llm_cache is not None:
             from langchain_core.globals import set_llm_cache
 
-            cache = setup.llm_cache
-            if setup.llm_cache_path:
-                cache = _shared_sqlite_cache(setup.llm_cache_path)
-            set_llm_cache(cache)
+            # A RequestCache arrives as its path and opens the shared file on first use.
+            set_llm_cache(setup.llm_cache)
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
         self._opening: asyncio.Lock | None = None
@@ -293,7 +268,7 @@ class RayExecutor:
     async def _start_workers(self, ray: Any) -> None:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         count = self.workers or max(1, int(cpus))
-        cache_path, cache = await asyncio.to_thread(_driver_llm_cache)
+        cache = _driver_llm_cache()
         if cache is not None:
             try:
                 ray.cloudpickle.dumps(cache)
@@ -303,7 +278,6 @@ class RayExecutor:
         setup = WorkerSetup(
             working_dir=os.getcwd(),
             python_paths=_source_paths(),
-            llm_cache_path=cache_path,
             llm_cache=cache,
         )
         actor_class = ray.remote(ItemWorker).options(

@@ -195,12 +195,17 @@ async def test_a_run_killed_during_the_width_phase_resumes_it(tmp_path: Path, in
 
     with pytest.raises(SimulatedCrash):
         await run_batch(inputs, context, out, on_event=die_at_first_merge)
-    assert [r["kind"] for r in lines(out)] == ["atomic"] * 4  # documents done, no merge written
+    kinds = [r["kind"] for r in lines(out)]
+    assert kinds.count("atomic") == 4  # the documents were done
+    # The other group may have finished (and been written) before the crash, never the one hit.
+    merged_before = kinds.count("width")
+    assert merged_before <= 1
     extractions = sum("Conclusions" in str(m) for m in models["generator"].calls)
 
     summary = await run_batch(inputs, context, out)
 
-    assert summary.skipped == 4 and summary.tasks == 2 and summary.failed == 0
+    assert summary.skipped == 4 + merged_before and summary.failed == 0
+    assert summary.tasks == 2 - merged_before
     assert sum("Conclusions" in str(m) for m in models["generator"].calls) == extractions
     # The same tasks (tool-call ids in trajectories are random in the scripted models).
     resumed, uninterrupted = (
