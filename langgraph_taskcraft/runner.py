@@ -445,7 +445,6 @@ def checkpoint_types() -> list[tuple[str, str]]:
 @contextlib.asynccontextmanager
 async def checkpointed_graph(context: Context, name: str = "taskcraft") -> AsyncIterator[Any]:
     """The graph `name` (`taskcraft` or `taskcraft_width`) with the run's SQLite checkpointer."""
-    import aiosqlite
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
@@ -455,13 +454,24 @@ async def checkpointed_graph(context: Context, name: str = "taskcraft") -> Async
     path = Path(context.data_dir) / "checkpoints.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
     serde = JsonPlusSerializer(allowed_msgpack_modules=checkpoint_types())
-    async with aiosqlite.connect(str(path)) as connection:
-        # As the ledger: a killed process loses nothing committed, without an fsync per step,
-        # and readers (other Ray workers) do not wait for writers.
-        await connection.execute("PRAGMA journal_mode=WAL")
-        await connection.execute("PRAGMA synchronous=NORMAL")
+    async with checkpoint_connection(path) as connection:
         saver = AsyncSqliteSaver(connection, serde=serde)
         yield builder.compile(checkpointer=saver, name=name)
+
+
+@contextlib.asynccontextmanager
+async def checkpoint_connection(path: Path) -> AsyncIterator[Any]:
+    """An aiosqlite connection to the checkpoints file at `path`, in WAL mode.
+
+    As the ledger: a killed process loses nothing committed, without an fsync per step, and
+    readers (other Ray workers) do not wait for writers.
+    """
+    import aiosqlite
+
+    async with aiosqlite.connect(str(path)) as connection:
+        await connection.execute("PRAGMA journal_mode=WAL")
+        await connection.execute("PRAGMA synchronous=NORMAL")
+        yield connection
 
 
 async def run_item(
