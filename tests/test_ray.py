@@ -220,3 +220,41 @@ def test_worker_context_splits_the_run_budgets_and_resolves_paths() -> None:
     unlimited = worker_context(Context(**SCRIPTED_MODELS), 4)
     assert (unlimited.requests_per_minute, unlimited.max_llm_calls) == (0, 0)
     assert worker_context(Context(**SCRIPTED_MODELS, max_llm_calls=2), 4).max_llm_calls == 1
+
+
+async def test_width_merges_across_documents_run_in_the_driver_after_the_ray_workers(
+    tmp_path: Path,
+) -> None:
+    """Documents run on the workers; the run-level width merge of their tasks in the driver."""
+    from tests.test_width import FACTS
+    from tests.test_width_batch import corpus
+
+    context = Context(
+        generator_model="tests.test_width:width_generator",
+        agent_model="tests.test_width:width_agent",
+        judge_model="tests.test_width:width_judge",
+        search_backend="local",
+        data_dir=str(tmp_path / "state"),
+        extension_strategy="width",
+        target_width=2,
+        structured_output_retries=0,
+    )
+    out = tmp_path / "out" / "tasks.jsonl"
+    inputs = [str(corpus(tmp_path / "facts.jsonl", FACTS))]
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    summary = await run_batch(
+        inputs,
+        context,
+        out,
+        executor=RayExecutor(context),
+        on_event=lambda key, event: events.append((key, event)),
+    )
+
+    assert (summary.items, summary.done, summary.failed) == (6, 6, 0), summary.failures
+    assert summary.tasks_by_kind == {"atomic": 4, "width": 2}
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for record in (r for r in records if r["kind"] == "width"):
+        assert len({member["document_id"] for member in record["members"]}) == 2
+    merges = [key for key, event in events if event.get("stage") == "width_merge"]
+    assert merges and all(key.startswith("width:") for key in merges)
