@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.nodes.difficulty import wants_width
@@ -45,6 +45,9 @@ from langgraph_taskcraft.records import (
     content_id,
     merge_usage,
 )
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 T = TypeVar("T")
 RunFunction = Callable[["WorkItem", dict[str, Any]], Awaitable["ItemResult"]]
@@ -454,24 +457,43 @@ async def checkpointed_graph(context: Context, name: str = "taskcraft") -> Async
     path = Path(context.data_dir) / "checkpoints.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
     serde = JsonPlusSerializer(allowed_msgpack_modules=checkpoint_types())
-    async with checkpoint_connection(path) as connection:
-        saver = AsyncSqliteSaver(connection, serde=serde)
+    async with checkpoint_saver(path, lambda conn: AsyncSqliteSaver(conn, serde=serde)) as saver:
         yield builder.compile(checkpointer=saver, name=name)
 
 
-@contextlib.asynccontextmanager
-async def checkpoint_connection(path: Path) -> AsyncIterator[Any]:
-    """An aiosqlite connection to the checkpoints file at `path`, in WAL mode.
+SaverT = TypeVar("SaverT", bound="AsyncSqliteSaver")
 
-    As the ledger: a killed process loses nothing committed, without an fsync per step, and
-    readers (other Ray workers) do not wait for writers.
+
+@contextlib.asynccontextmanager
+async def checkpoint_saver(
+    path: Path, make_saver: Callable[[Any], SaverT]
+) -> AsyncIterator[SaverT]:
+    """A SQLite checkpointer on `path` (WAL mode), closed with no write left half-done.
+
+    WAL with `synchronous=NORMAL`, as the ledger: a killed process loses nothing committed,
+    without an fsync per step, and readers (other Ray workers) do not wait for writers. A
+    cancelled run (Ctrl-C in a notebook, a caller's timeout) can leave LangGraph's background
+    checkpoint writes running; one that began its INSERT just before the connection closed
+    would keep SQLite's write lock for as long as this process lives. So the saver's own lock is
+    taken first: the write in progress finishes, and later ones find the connection closed.
     """
     import aiosqlite
 
     async with aiosqlite.connect(str(path)) as connection:
         await connection.execute("PRAGMA journal_mode=WAL")
         await connection.execute("PRAGMA synchronous=NORMAL")
-        yield connection
+        saver = make_saver(connection)
+        try:
+            yield saver
+        finally:
+            await asyncio.shield(_close_under_lock(saver, connection))
+
+
+async def _close_under_lock(saver: Any, connection: Any) -> None:
+    async with saver.lock:
+        with contextlib.suppress(Exception):
+            await connection.rollback()
+        await connection.close()
 
 
 async def run_item(

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_taskcraft.context import Context
 from langgraph_taskcraft.outputs import OutputFiles, read_jsonl
-from langgraph_taskcraft.runner import LocalExecutor, RunSummary, checkpoint_connection, run_batch
+from langgraph_taskcraft.runner import LocalExecutor, RunSummary, checkpoint_saver, run_batch
 from tests import scenario_mock
 from tests.mock_openai_server import Fault, FaultPlan, MockOpenAIServer, Rule
 from tests.scenario_mock import DOCUMENTS, comparable_records
@@ -288,8 +286,11 @@ class DyingExecutor(LocalExecutor):
 
         path = Path(self.context.data_dir) / "checkpoints.sqlite"
         path.parent.mkdir(parents=True, exist_ok=True)
-        connection = await self._stack.enter_async_context(checkpoint_connection(path))
-        saver = LaggingCheckpointer(connection, self.first_node_written, self.died)
+        saver = await self._stack.enter_async_context(
+            checkpoint_saver(
+                path, lambda conn: LaggingCheckpointer(conn, self.first_node_written, self.died)
+            )
+        )
         self._graph = builder.compile(checkpointer=saver, name="taskcraft")
         return self
 
@@ -313,13 +314,38 @@ async def test_a_run_killed_before_a_background_checkpoint_is_written_loses_noth
     killed.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await killed
-    # A killed process leaves its files and no lock; this process lives on, and the cancelled
-    # run's abandoned background write keeps SQLite's lock on the checkpoint file. The next
-    # process starts from the files as the kill left them: copies, without the shared memory.
-    after_kill = tmp_path / "state-after-kill"
-    shutil.copytree(tmp_path / "state", after_kill, ignore=shutil.ignore_patterns("*-shm"))
-    context = dataclasses.replace(context, data_dir=str(after_kill))
-
+    # The rerun is in the same process: the cancelled run must have left no SQLite lock behind.
     summary = await run_batch(document, context, out)
     assert (summary.done, summary.tasks) == (1, 2), summary.failures
     assert all_outputs(out) == all_outputs(reference)
+
+
+async def test_the_checkpointer_closes_after_the_write_in_progress(tmp_path: Path) -> None:
+    """What a cancelled run leaves: LangGraph's background checkpoint writes still running.
+
+    Closing under one of them (its INSERT done, its commit not yet) would keep SQLite's write
+    lock for the rest of the process.
+    """
+    import sqlite3
+
+    path = tmp_path / "checkpoints.sqlite"
+    inserted = asyncio.Event()
+
+    async def write_in_progress(saver: AsyncSqliteSaver) -> None:
+        async with saver.lock:
+            await saver.conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            cursor = await saver.conn.execute("INSERT INTO t VALUES (1)")
+            inserted.set()
+            await asyncio.sleep(0.1)  # the run is cancelled and the checkpointer closed here
+            await saver.conn.commit()
+            await cursor.close()
+
+    async with checkpoint_saver(path, AsyncSqliteSaver) as saver:
+        writing = asyncio.ensure_future(write_in_progress(saver))
+        await inserted.wait()
+    await writing
+
+    probe = sqlite3.connect(path, timeout=0)
+    probe.execute("BEGIN IMMEDIATE")  # raises "database is locked" if a write was cut short
+    assert probe.execute("SELECT x FROM t").fetchall() == [(1,)]
+    probe.close()
