@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
@@ -243,10 +242,6 @@ async def run_batch(
     `on_event(key, event)` the graphs' progress events.
     """
     out = Path(out)
-    # A run interrupted earlier in this process (an exception caught by a script, Ctrl-C in a
-    # notebook) can leave SQLite cursors in reference cycles, and SQLite keeps a closed
-    # connection's write lock until its statements are freed: free them before opening the files.
-    gc.collect()
     plan = await asyncio.to_thread(plan_inputs, inputs)
     had_outputs = out.exists()
     files = await asyncio.to_thread(OutputFiles, out)
