@@ -172,7 +172,7 @@ class RunDisplay:
         tasks = sum(tasks_by_kind.values())
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(tasks_by_kind.items()))
         first = Text.assemble(
-            ("documents ", "bold"),
+            ("work items ", "bold"),
             f"done {self.done} · ",
             ("failed ", "red" if self.failed else ""),
             f"{self.failed} · already done {self.skipped}   ",
@@ -309,7 +309,7 @@ def generate(
 
     display = RunDisplay(models=models, prices=price_table)
     progress = Progress(
-        TextColumn("[bold]documents"),
+        TextColumn("[bold]work items"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -317,7 +317,7 @@ def generate(
         TimeRemainingColumn(),
         console=console,
     )
-    bar = progress.add_task("documents", total=None)
+    bar = progress.add_task("work items", total=None)
 
     def on_result(result: ItemResult) -> None:
         display.on_result(result)
@@ -353,8 +353,8 @@ def generate(
     files = OutputFiles(out, prepare=False)
     console.print(
         f"{summary.tasks} tasks accepted → {files.tasks}; {summary.rejected} rejected → "
-        f"{files.rejected} ({summary.duplicates} duplicates); {summary.failed} documents "
-        f"failed, {summary.skipped} already done."
+        f"{files.rejected} ({summary.duplicates} duplicates); {summary.failed} work "
+        f"items failed, {summary.skipped} already done."
     )
     for stage, count in _ordered_stages(summary.rejected_by_stage):
         console.print(f"  rejected at {stage}: {count}")
