@@ -342,13 +342,14 @@ async def run_batch(
             summary.items += len(groups)
             if on_planned and groups:
                 on_planned(summary.items)
-            async with checkpointed_graph(context, "taskcraft_width") as width_graph:
+            merging = width_phase_context(context, inputs)
+            async with checkpointed_graph(merging, "taskcraft_width") as width_graph:
 
                 async def run_group(item: WorkItem, config: dict[str, Any]) -> ItemResult:
                     offsets = item.graph_input["task_offsets"]
                     members = await asyncio.to_thread(read_tasks_at, files.tasks, offsets)
                     item = WorkItem(item.key, {"verified": members})
-                    return await run_item(width_graph, item, config, context, on_event)
+                    return await run_item(width_graph, item, config, merging, on_event)
 
                 await _all_or_cancel([process(group, run_group) for group in groups])
     finally:
@@ -356,6 +357,20 @@ async def run_batch(
             await asyncio.to_thread(write_failed, files, ledger, keys)
         ledger.close()
     return summary
+
+
+def width_phase_context(context: Context, inputs: Sequence[str]) -> Context:
+    """The context of a run-level width merge.
+
+    Its final verification (`verify_final_task`) no longer has the member documents loaded: with
+    local search and no `corpus_path`, a run over one folder or corpus file searches that input.
+    """
+    if not context.verify_final_task or context.search_backend != "local" or context.corpus_path:
+        return context
+    if len(inputs) != 1 or not Path(inputs[0]).expanduser().exists():
+        return context
+    corpus = str(Path(inputs[0]).expanduser().resolve())
+    return dataclasses.replace(context, corpus_path=corpus)
 
 
 async def _uncancellable(awaitable: Awaitable[T]) -> T:

@@ -215,3 +215,21 @@ async def test_a_run_killed_during_the_width_phase_resumes_it(tmp_path: Path, in
     assert resumed == uninterrupted
     ids = [r["id"] for r in lines(out)]
     assert len(ids) == len(set(ids)) == 6
+
+
+async def test_final_verification_of_a_run_level_merge_searches_the_run_input(
+    tmp_path: Path, install
+) -> None:
+    """The merge no longer has its members' documents: the run's one input is searched."""
+    install(width_world())
+    inputs = [str(corpus(tmp_path / "facts.jsonl", FACTS[:2]))]
+    out = tmp_path / "tasks.jsonl"
+    context = width_context(tmp_path, corpus_path="", verify_final_task=True)
+
+    await run_batch(inputs, context, out)
+
+    (merged,) = [Task.model_validate(r) for r in lines(out) if r["kind"] == "width"]
+    assert merged.final_verification is not None
+    results = [m["content"] for m in merged.final_verification.trajectory if m["role"] == "tool"]
+    found = "\n".join(str(content) for content in results)
+    assert "first lit in 1887" in found and "population of 312" in found
