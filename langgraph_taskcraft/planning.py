@@ -127,11 +127,6 @@ def plan_inputs(inputs: Sequence[str]) -> WorkPlan:
     return plan
 
 
-def plan_work(inputs: Sequence[str]) -> list[WorkItem]:
-    """The work items of the inputs (see `plan_inputs`; unusable lines are left out)."""
-    return plan_inputs(inputs).items
-
-
 @dataclass
 class ChunkCount:
     """Documents loaded to estimate a run, and the chunks the generator would read."""

@@ -87,13 +87,6 @@ def _source_paths() -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def _driver_llm_cache() -> Any:
-    """The driver's global LLM cache (None: none), to ship to the workers."""
-    from langchain_core.globals import get_llm_cache
-
-    return get_llm_cache()
-
-
 def worker_context(context: Context, workers: int) -> Context:
     """The context workers run with: absolute paths, the run's budgets split among workers.
 
@@ -268,7 +261,9 @@ class RayExecutor:
     async def _start_workers(self, ray: Any) -> None:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         count = self.workers or max(1, int(cpus))
-        cache = _driver_llm_cache()
+        from langchain_core.globals import get_llm_cache
+
+        cache = get_llm_cache()  # the driver's, shipped to the workers
         if cache is not None:
             try:
                 ray.cloudpickle.dumps(cache)

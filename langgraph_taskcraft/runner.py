@@ -335,9 +335,9 @@ async def run_batch(
                 ]
             )
         if merge_width_later:
-            rows = await asyncio.to_thread(ledger.rows)
-            groups = await asyncio.to_thread(plan_width_groups, files.tasks, rows, context)
-            previous_rows.update(rows)
+            # The ledger rows of width groups are those read at the start: the document phase
+            # writes only document rows.
+            groups = await asyncio.to_thread(plan_width_groups, files.tasks, previous_rows, context)
             keys.update(group.key for group in groups)
             summary.items += len(groups)
             if on_planned and groups:
