@@ -221,6 +221,25 @@ def expected_questions(documents: tuple[Document, ...] = DOCUMENTS) -> list[str]
     )
 
 
+def generate_arguments(
+    inputs: Path, base_url: str, out: Path, data_dir: Path, *options: str
+) -> list[str]:
+    """`taskcraft generate` arguments with every role on the mock server at `base_url`."""
+    return [
+        "generate",
+        str(inputs),
+        "--model",
+        "openai:mock-model",
+        "--base-url",
+        base_url,
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        *options,
+    ]
+
+
 def _judgement(transcript: str) -> dict[str, Any]:
     """The judge's verdict: correct when the candidate answer equals the golden one."""
     golden = re.search(r"Golden answer: (.*)", transcript)

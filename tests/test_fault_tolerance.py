@@ -203,20 +203,16 @@ async def test_a_run_killed_mid_way_resumes_to_the_output_of_an_uninterrupted_ru
     out = tmp_path / "out" / "tasks.jsonl"
     with server as base_url:
         generate = taskcraft(
-            "generate",
-            str(documents),
-            "--model",
-            "openai:mock-model",
-            "--base-url",
-            base_url,
-            "--out",
-            str(out),
-            "--data-dir",
-            str(tmp_path / "state"),
-            "--concurrency",
-            "3",
-            "--set",
-            "max_retries=2",
+            *scenario_mock.generate_arguments(
+                documents,
+                base_url,
+                out,
+                tmp_path / "state",
+                "--concurrency",
+                "3",
+                "--set",
+                "max_retries=2",
+            )
         )
         run = subprocess.Popen(
             generate, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

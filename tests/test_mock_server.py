@@ -30,6 +30,7 @@ from tests.mock_openai_server import (
     tool_call,
     transcript_of,
 )
+from tests.scenario_mock import generate_arguments
 
 
 class Conclusion(BaseModel):
@@ -372,19 +373,7 @@ def test_dry_run_of_the_cli_through_the_mock_server(tmp_path: Path, monkeypatch)
     out = tmp_path / "out" / "tasks.jsonl"
     server = MockOpenAIServer(rules=rules, default="I don't know.")
     with server as base_url:
-        arguments = [
-            "generate",
-            str(document),
-            "--model",
-            "openai:mock-model",
-            "--base-url",
-            base_url,
-            "--out",
-            str(out),
-            "--data-dir",
-            str(tmp_path / "state"),
-            "--no-cache",
-        ]
+        arguments = generate_arguments(document, base_url, out, tmp_path / "state", "--no-cache")
         result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     tasks = [json.loads(line) for line in out.read_text().splitlines()]

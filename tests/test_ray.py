@@ -154,21 +154,9 @@ def test_cli_ray_executor_through_an_endpoint_shares_the_llm_cache_with_workers(
         return json.loads(result.output.strip().splitlines()[-1])  # the `--json` summary
 
     with server as base_url:
-        arguments = [
-            "generate",
-            str(documents),
-            "--executor",
-            "ray",
-            "--model",
-            "openai:mock-model",
-            "--base-url",
-            base_url,
-            "--out",
-            str(out),
-            "--data-dir",
-            str(tmp_path / "state"),
-            "--json",
-        ]
+        arguments = scenario_mock.generate_arguments(
+            documents, base_url, out, tmp_path / "state", "--executor", "ray", "--json"
+        )
         first = generate()
         served = server.stats()["chat_requests"]
         first_tasks = comparable_records(out)
